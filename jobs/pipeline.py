@@ -1,0 +1,275 @@
+"""The fused sluice pipeline: telemetry → decode + enrich (Rust) → windows → score → Kafka.
+
+    python jobs/pipeline.py --config sluice.yaml            # Flink mini-cluster
+    flink run -py jobs/pipeline.py -pyexec .venv/bin/python \
+        -j .deps/flink-jars/flink-sql-connector-kafka-5.0.0-2.2.jar -- --config sluice.yaml
+
+Data flow (one Python crossing per input record):
+
+    Kafka `telemetry` (raw bytes + topic/partition/offset/timestamp, per-partition
+    watermarks on the record timestamp)
+      → Ingest UDF: Rust decode (writer id → reader schema), enrich from the device
+        table, Rust encode EnrichedReading or DeadLetter
+      ├→ `telemetry.enriched`   (ok records)          exactly-once
+      ├→ `dlq`                  (undecodable records) exactly-once
+      └→ tumbling event-time window per device: count, mean, max (Flink SQL)
+           → ScoreWindow UDF (Rust encode) → `scores` (every window), `alerts` (crossed)
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import site
+import sys
+from pathlib import Path
+
+from pyflink.common import Configuration
+from pyflink.datastream import StreamExecutionEnvironment
+from pyflink.table import Schema, StatementSet, StreamTableEnvironment
+from pyflink.table.udf import udf
+
+if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink run -py)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sluice.config import SluiceConfig, load_config  # noqa: E402
+from sluice.kafka_util import check_transaction_timeout  # noqa: E402
+from sluice.registry import output_schema, read_schema  # noqa: E402
+from sluice.udfs import INGEST_RESULT, SCORE_RESULT, DeviceRef, Ingest, ScoreWindow  # noqa: E402
+
+
+def load_devices(path: Path) -> dict[str, DeviceRef]:
+    """The device reference table (issue 4 replaces it with a temporal join on `devices`)."""
+    devices: dict[str, DeviceRef] = {}
+    with path.open(newline="") as f:
+        for i, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                devices[row["device_id"]] = DeviceRef(
+                    site_id=row.get("site_id") or None,
+                    device_model=row.get("device_model") or None,
+                    max_temperature_c=float(row["max_temperature_c"])
+                    if row.get("max_temperature_c")
+                    else None,
+                )
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"{path}:{i}: bad device row {row!r}: {exc}") from exc
+    return devices
+
+
+def flink_configuration(cfg: SluiceConfig) -> Configuration:
+    """Everything the job sets on the execution environment, from the one config model."""
+    conf = Configuration()
+    jars = ";".join(cfg.path(j).resolve().as_uri() for j in cfg.job.jars)
+    for jar in cfg.job.jars:
+        if not cfg.path(jar).exists():
+            raise FileNotFoundError(f"job.jars: {cfg.path(jar)} is missing; run `make deps`")
+    conf.set_string("pipeline.jars", jars)
+    conf.set_string("pipeline.name", cfg.job.name)
+    conf.set_string("python.execution-mode", cfg.job.python_execution_mode)
+    conf.set_string("execution.checkpointing.interval", f"{cfg.checkpoint.interval_ms} ms")
+    conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
+    conf.set_string("execution.checkpointing.min-pause", f"{cfg.checkpoint.min_pause_ms} ms")
+    conf.set_string("execution.checkpointing.timeout", f"{cfg.checkpoint.timeout_ms} ms")
+    conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
+                    "RETAIN_ON_CANCELLATION")
+    if cfg.checkpoint.dir:
+        conf.set_string("execution.checkpointing.dir", cfg.checkpoint.dir)
+    # A job that fails for good must fail visibly, not restart forever.
+    conf.set_string("restart-strategy.type", "fixed-delay")
+    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.job.restart_attempts))
+    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    # Deterministic uids for every SQL transformation, so savepoints map back.
+    conf.set_string("table.exec.uid.generation", "ALWAYS")
+    if cfg.window.idle_timeout_ms:
+        conf.set_string("table.exec.source.idle-timeout", f"{cfg.window.idle_timeout_ms} ms")
+    return conf
+
+
+def _kafka_props(cfg: SluiceConfig) -> str:
+    return ",\n".join(
+        f"'properties.{k}' = '{v}'" for k, v in cfg.kafka.java_properties().items()
+    )
+
+
+def _sink_ddl(cfg: SluiceConfig, table: str, topic: str) -> str:
+    return f"""
+        CREATE TEMPORARY TABLE `{table}` (
+            `k` STRING,
+            `v` BYTES
+        ) WITH (
+            'connector' = 'kafka',
+            'topic' = '{topic}',
+            {_kafka_props(cfg)},
+            'key.format' = 'raw',
+            'key.fields' = 'k',
+            'value.format' = 'raw',
+            'value.fields-include' = 'EXCEPT_KEY',
+            'sink.delivery-guarantee' = 'exactly-once',
+            'sink.transactional-id-prefix' = '{cfg.job.transactional_id_prefix}-{table}',
+            'properties.transaction.timeout.ms' = '{cfg.kafka.transaction_timeout_ms}'
+        )"""
+
+
+def _source_ddl(cfg: SluiceConfig) -> str:
+    startup = {
+        "earliest": "'scan.startup.mode' = 'earliest-offset'",
+        "latest": "'scan.startup.mode' = 'latest-offset'",
+        "group-offsets": "'scan.startup.mode' = 'group-offsets',\n"
+        "'properties.auto.offset.reset' = 'earliest'",
+    }[cfg.job.startup_mode]
+    bounded = ",\n'scan.bounded.mode' = 'latest-offset'" if cfg.job.bounded else ""
+    ooo = f"{cfg.window.out_of_orderness_ms / 1000:.3f}"
+    # Event time is the Kafka record timestamp, which producers set to the reading's
+    # ts: it lets the source keep one watermark per partition (docs/event-time.md).
+    return f"""
+        CREATE TEMPORARY TABLE telemetry_raw (
+            `value` BYTES,
+            `topic` STRING METADATA VIRTUAL,
+            `partition` INT METADATA VIRTUAL,
+            `offset` BIGINT METADATA VIRTUAL,
+            `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
+            WATERMARK FOR `ts` AS `ts` - INTERVAL '{ooo}' SECOND
+        ) WITH (
+            'connector' = 'kafka',
+            'topic' = '{cfg.topics.telemetry}',
+            {_kafka_props(cfg)},
+            'properties.group.id' = '{cfg.job.consumer_group}',
+            'properties.isolation.level' = 'read_committed',
+            'value.format' = 'raw',
+            {startup}{bounded}
+        )"""
+
+
+def _with_source_time(t_env: StreamTableEnvironment, query: str, name: str):  # type: ignore[no-untyped-def]
+    """Materialise a query once as a DataStream and re-enter it with the source's
+    record timestamps and watermarks. Every branch then reads the same stream, so
+    the Python UDF in ``query`` runs once per record, not once per branch."""
+    ds = t_env.to_data_stream(t_env.sql_query(query))
+    table = t_env.from_data_stream(
+        ds,
+        Schema.new_builder()
+        .column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
+        .watermark("rowtime", "SOURCE_WATERMARK()")
+        .build(),
+    )
+    t_env.create_temporary_view(name, table)
+
+
+def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> StatementSet:
+    """Declare the whole job on ``env``; the caller executes it."""
+    t_env = StreamTableEnvironment.create(env)
+    reader = read_schema(cfg.schema_path(cfg.schemas.telemetry_reader))
+    enriched = output_schema(cfg, cfg.schemas.enriched)
+    dlq = output_schema(cfg, cfg.schemas.dlq)
+    scores = output_schema(cfg, cfg.schemas.scores)
+    alerts = output_schema(cfg, cfg.schemas.alerts)
+
+    ingest = Ingest(
+        reader_schema=reader,
+        enriched_schema=enriched.schema_str,
+        enriched_id=enriched.schema_id,
+        dlq_schema=dlq.schema_str,
+        dlq_id=dlq.schema_id,
+        registry_conf=cfg.registry.client_conf(),
+        devices=load_devices(cfg.path(cfg.reference.devices_csv)),
+        job_name=cfg.job.name,
+        metric=cfg.score.metric,
+        default_threshold=cfg.score.default_threshold,
+    )
+    t_env.create_temporary_function("sluice_ingest", udf(ingest, result_type=INGEST_RESULT))
+    score = ScoreWindow(
+        score_schema=scores.schema_str,
+        score_id=scores.schema_id,
+        alert_schema=alerts.schema_str,
+        alert_id=alerts.schema_id,
+        metric=cfg.score.metric,
+        model_version=cfg.score.model_version,
+    )
+    t_env.create_temporary_function("sluice_score", udf(score, result_type=SCORE_RESULT))
+
+    t_env.execute_sql(_source_ddl(cfg))
+    for table, topic in (
+        ("enriched_sink", cfg.topics.enriched),
+        ("dlq_sink", cfg.topics.dlq),
+        ("scores_sink", cfg.topics.scores),
+        ("alerts_sink", cfg.topics.alerts),
+    ):
+        t_env.execute_sql(_sink_ddl(cfg, table, topic))
+
+    _with_source_time(
+        t_env,
+        "SELECT sluice_ingest(`value`, `topic`, `partition`, `offset`, `ts`) AS r, `ts` "
+        "FROM telemetry_raw",
+        "ingested",
+    )
+    size = f"{cfg.window.size_ms / 1000:.3f}"
+    _with_source_time(
+        t_env,
+        f"""
+        SELECT sluice_score(device_id, site_id, window_start, window_end, cnt, mean, mx, thr) AS s,
+               device_id, window_start, window_time
+        FROM (
+            SELECT r.device_id AS device_id, r.site_id AS site_id, window_start, window_end,
+                   window_time, COUNT(*) AS cnt, AVG(r.metric) AS mean, MAX(r.metric) AS mx,
+                   MAX(r.threshold) AS thr
+            FROM TABLE(TUMBLE(TABLE ingested, DESCRIPTOR(rowtime), INTERVAL '{size}' SECOND))
+            WHERE r.ok
+            GROUP BY r.device_id, r.site_id, window_start, window_end, window_time
+        )""",
+        "scored",
+    )
+
+    stmts = t_env.create_statement_set()
+    stmts.add_insert_sql("INSERT INTO enriched_sink SELECT r.out_key, r.out_value FROM ingested WHERE r.ok")
+    stmts.add_insert_sql("INSERT INTO dlq_sink SELECT r.out_key, r.out_value FROM ingested WHERE NOT r.ok")
+    stmts.add_insert_sql("INSERT INTO scores_sink SELECT device_id, s.score_value FROM scored")
+    stmts.add_insert_sql(
+        "INSERT INTO alerts_sink SELECT device_id, s.alert_value FROM scored WHERE s.is_alert"
+    )
+    stmts.attach_as_datastream()
+    return stmts
+
+
+def prepare_python_path() -> None:
+    """Thread mode runs the UDFs in an embedded interpreter (pemja) that does not see
+    the venv's site-packages unless PYTHONPATH names it; set it before the JVM starts."""
+    paths = [p for p in site.getsitepackages() if os.path.isdir(p)]
+    current = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([current] if current else []))
+
+
+def create_env(cfg: SluiceConfig) -> StreamExecutionEnvironment:
+    conf = flink_configuration(cfg)
+    conf.set_string("python.executable", sys.executable)
+    conf.set_string("python.client.executable", sys.executable)
+    env = StreamExecutionEnvironment.get_execution_environment(conf)
+    env.set_parallelism(cfg.job.parallelism)
+    return env
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default=None, help="sluice YAML config (default: sluice.yaml)")
+    parser.add_argument("--bounded", action="store_true",
+                        help="stop at the end offsets seen at start (overrides job.bounded)")
+    parser.add_argument("--startup-mode", choices=["earliest", "group-offsets", "latest"])
+    args = parser.parse_args(argv)
+
+    cfg = load_config(args.config)
+    overrides = {}
+    if args.bounded:
+        overrides["bounded"] = True
+    if args.startup_mode:
+        overrides["startup_mode"] = args.startup_mode
+    if overrides:
+        cfg = cfg.with_overrides(job=overrides)
+    check_transaction_timeout(cfg)
+    prepare_python_path()
+    env = create_env(cfg)
+    build_pipeline(env, cfg)
+    env.execute(cfg.job.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,328 @@
+"""The one typed configuration model of sluice.
+
+A deployment is a YAML file (``sluice.yaml`` at the repo root is the local one)
+validated by :class:`SluiceConfig`. Endpoints and secrets can be overridden from
+the environment, so the same file serves the local stack, CI and a real cluster:
+
+* ``SLUICE__<SECTION>__<KEY>`` for any key (``SLUICE__KAFKA__BOOTSTRAP_SERVERS``),
+* the conventional ``BOOTSTRAP_SERVERS`` and ``SCHEMA_REGISTRY_URL``,
+* secrets only from the environment or files: ``SLUICE_KAFKA_SASL_PASSWORD``,
+  ``SLUICE_REGISTRY_BASIC_AUTH`` (``user:password``), or ``*_FILE`` variants
+  naming a file that holds the value. Secrets are ``SecretStr`` and never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO_ROOT / "sluice.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the key and the fix."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:19092"
+    # Extra librdkafka / Java client properties shared by every client
+    # (security.protocol, sasl.mechanism, ...). Never put secrets here.
+    properties: dict[str, str] = Field(default_factory=dict)
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    # Kafka transaction timeout the exactly-once sinks ask for. Must be
+    # <= the broker's transaction.max.timeout.ms and >> the checkpoint interval.
+    transaction_timeout_ms: int = Field(default=900_000, gt=0)
+
+    @field_validator("properties")
+    @classmethod
+    def _no_secrets_in_properties(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if "password" in key.lower() or "secret" in key.lower():
+                raise ValueError(
+                    f"kafka.properties.{key}: secrets must not be in the config file; "
+                    "set SLUICE_KAFKA_SASL_PASSWORD (or SLUICE_KAFKA_SASL_PASSWORD_FILE)"
+                )
+        return v
+
+    def client_properties(self) -> dict[str, str]:
+        """librdkafka properties for confluent-kafka clients (secrets included)."""
+        props = {"bootstrap.servers": self.bootstrap_servers, **self.properties}
+        if self.sasl_username:
+            props["sasl.username"] = self.sasl_username
+        if self.sasl_password is not None:
+            props["sasl.password"] = self.sasl_password.get_secret_value()
+        return props
+
+    def java_properties(self) -> dict[str, str]:
+        """Properties for the Flink Kafka connector (``properties.*`` options)."""
+        props = {"bootstrap.servers": self.bootstrap_servers, **self.properties}
+        if self.sasl_username and self.sasl_password is not None:
+            mech = self.properties.get("sasl.mechanism", "PLAIN").upper()
+            module = (
+                "org.apache.kafka.common.security.scram.ScramLoginModule"
+                if mech.startswith("SCRAM")
+                else "org.apache.kafka.common.security.plain.PlainLoginModule"
+            )
+            props["sasl.jaas.config"] = (
+                f'{module} required username="{self.sasl_username}" '
+                f'password="{self.sasl_password.get_secret_value()}";'
+            )
+        return props
+
+
+class RegistryConfig(_Section):
+    # Any Confluent-API schema registry (Confluent SR, Karapace, Redpanda,
+    # Apicurio's /apis/ccompat/v7).
+    url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
+    basic_auth: SecretStr | None = None
+    # Register output schemas at job start; turn off where subjects are managed
+    # by CI (`sluice schemas register`) and producers may not register.
+    auto_register: bool = True
+
+    def client_conf(self) -> dict[str, str]:
+        conf = {"url": self.url}
+        if self.basic_auth is not None:
+            conf["basic.auth.user.info"] = self.basic_auth.get_secret_value()
+        return conf
+
+
+class TopicsConfig(_Section):
+    telemetry: str = "telemetry"
+    enriched: str = "telemetry.enriched"
+    scores: str = "scores"
+    alerts: str = "alerts"
+    dlq: str = "dlq"
+    partitions: int = Field(default=2, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+
+    def all(self) -> list[str]:
+        return [self.telemetry, self.enriched, self.scores, self.alerts, self.dlq]
+
+
+class SchemasConfig(_Section):
+    dir: Path = Path("schemas")
+    # The job's reader schema for telemetry: every writer version resolves to it.
+    telemetry_reader: str = "telemetry-value/v2.avsc"
+    enriched: str = "telemetry.enriched-value/v1.avsc"
+    scores: str = "scores-value/v1.avsc"
+    alerts: str = "alerts-value/v1.avsc"
+    dlq: str = "dlq-value/v1.avsc"
+
+
+class CheckpointConfig(_Section):
+    interval_ms: int = Field(default=2_000, gt=0)
+    min_pause_ms: int = Field(default=500, ge=0)
+    timeout_ms: int = Field(default=120_000, gt=0)
+    # None: the cluster's execution.checkpointing.dir (or in-memory on a mini-cluster).
+    dir: str | None = None
+
+
+class JobConfig(_Section):
+    name: str = "sluice-pipeline"
+    parallelism: int = Field(default=1, ge=1)
+    python_execution_mode: Literal["process", "thread"] = "process"
+    consumer_group: str = "sluice-pipeline"
+    # Stable per job: the exactly-once sinks derive one prefix per output topic.
+    transactional_id_prefix: str = "sluice-pipeline"
+    # earliest: read the topic from the start; group-offsets: resume from the
+    # group's committed offsets (earliest where there are none).
+    startup_mode: Literal["earliest", "group-offsets", "latest"] = "group-offsets"
+    # True: stop at the end offsets seen at start (batch-like runs, tests).
+    bounded: bool = False
+    restart_attempts: int = Field(default=3, ge=0)
+    jars: list[Path] = Field(
+        default_factory=lambda: [Path(".deps/flink-jars/flink-sql-connector-kafka-5.0.0-2.2.jar")]
+    )
+
+
+class WindowConfig(_Section):
+    size_ms: int = Field(default=10_000, gt=0)
+    out_of_orderness_ms: int = Field(default=2_000, ge=0)
+    # A partition without records for this long stops holding the watermark back.
+    idle_timeout_ms: int = Field(default=5_000, ge=0)
+
+
+class ScoreConfig(_Section):
+    metric: Literal["temperature_c", "vibration_rms"] = "temperature_c"
+    # Used for devices whose reference row has no max_temperature_c.
+    default_threshold: float = 80.0
+    model_version: str = "threshold-v0"
+
+
+class ReferenceConfig(_Section):
+    devices_csv: Path = Path("reference/devices.csv")
+
+
+class GeneratorConfig(_Section):
+    seed: int = 42
+    records: int = Field(default=6_000, ge=0)
+    devices: int = Field(default=20, ge=1)
+    # Events per second for live runs (demo); 0 means as fast as possible.
+    rate_eps: float = Field(default=1_000.0, ge=0)
+    # Share of v1 writers; the rest write v2 (both on the same topic at once).
+    v1_share: float = Field(default=0.5, ge=0, le=1)
+    # Fraction of devices that overheat (produce alerts).
+    hot_device_share: float = Field(default=0.15, ge=0, le=1)
+    corrupt_non_avro: int = Field(default=3, ge=0)
+    corrupt_unknown_schema: int = Field(default=3, ge=0)
+    corrupt_truncated: int = Field(default=3, ge=0)
+
+
+class StackConfig(_Section):
+    run_dir: Path = Path(".run")
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    registry_port: int = 18081
+    registry_management_port: int = 18091
+    flink_rest_port: int = 18082
+    flink_rpc_port: int = 18083
+
+
+class SluiceConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kafka: KafkaConfig = KafkaConfig()
+    registry: RegistryConfig = RegistryConfig()
+    topics: TopicsConfig = TopicsConfig()
+    schemas: SchemasConfig = SchemasConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    job: JobConfig = JobConfig()
+    window: WindowConfig = WindowConfig()
+    score: ScoreConfig = ScoreConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    stack: StackConfig = StackConfig()
+    # Relative paths in the file are resolved against this folder.
+    base_dir: Path = REPO_ROOT
+
+    @model_validator(mode="after")
+    def _exactly_once_invariant(self) -> SluiceConfig:
+        interval = self.checkpoint.interval_ms
+        timeout = self.kafka.transaction_timeout_ms
+        if timeout < 10 * interval:
+            raise ValueError(
+                f"kafka.transaction_timeout_ms ({timeout}) must be much larger than "
+                f"checkpoint.interval_ms ({interval}): a transaction stays open for a whole "
+                "checkpoint interval (and longer while a checkpoint is slow). Use at least "
+                f"{10 * interval}, or lower checkpoint.interval_ms"
+            )
+        return self
+
+    def path(self, p: Path) -> Path:
+        return p if p.is_absolute() else (self.base_dir / p)
+
+    def schema_path(self, rel: str) -> Path:
+        return self.path(self.schemas.dir) / rel
+
+    def with_overrides(self, **sections: dict[str, Any]) -> SluiceConfig:
+        """A copy with some keys replaced: ``cfg.with_overrides(job={"bounded": True})``."""
+        data = self.model_dump()
+        for section, values in sections.items():
+            if isinstance(data.get(section), dict):
+                data[section] = {**data[section], **values}
+            else:
+                data[section] = values
+        return SluiceConfig.model_validate(data)
+
+
+def _read_secret(env: dict[str, str], name: str) -> str | None:
+    if name in env:
+        return env[name]
+    file_var = f"{name}_FILE"
+    if file_var in env:
+        return Path(env[file_var]).read_text().strip()
+    return None
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in env.items():
+        if not key.startswith("SLUICE__"):
+            continue
+        parts = [p.lower() for p in key[len("SLUICE__") :].split("__") if p]
+        if len(parts) < 2:
+            raise ConfigError(f"{key}: expected SLUICE__<SECTION>__<KEY>")
+        node = out
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        parsed = yaml.safe_load(value) if value else value
+        node[parts[-1]] = parsed
+    if "BOOTSTRAP_SERVERS" in env:
+        out.setdefault("kafka", {})["bootstrap_servers"] = env["BOOTSTRAP_SERVERS"]
+    if "SCHEMA_REGISTRY_URL" in env:
+        out.setdefault("registry", {})["url"] = env["SCHEMA_REGISTRY_URL"]
+    password = _read_secret(env, "SLUICE_KAFKA_SASL_PASSWORD")
+    if password is not None:
+        out.setdefault("kafka", {})["sasl_password"] = password
+    auth = _read_secret(env, "SLUICE_REGISTRY_BASIC_AUTH")
+    if auth is not None:
+        out.setdefault("registry", {})["basic_auth"] = auth
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _explain(err: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key; check the spelling against docs/configuration.md"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def load_config(
+    path: Path | str | None = None, env: dict[str, str] | None = None
+) -> SluiceConfig:
+    """Load and validate a YAML config, then apply environment overrides."""
+    env = dict(os.environ if env is None else env)
+    cfg_path = Path(path) if path is not None else Path(env.get("SLUICE_CONFIG", DEFAULT_CONFIG))
+    if not cfg_path.exists():
+        raise ConfigError(f"config file {cfg_path} does not exist (pass --config PATH)")
+    try:
+        raw = yaml.safe_load(cfg_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{cfg_path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{cfg_path}: the top level must be a mapping of sections")
+    raw.setdefault("base_dir", str(cfg_path.resolve().parent))
+    data = _merge(raw, _env_overrides(env))
+    try:
+        return SluiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, str(cfg_path))) from None
+
+
+def dump_config(cfg: SluiceConfig, path: Path) -> Path:
+    """Write a config as YAML (secrets left out: they come from the environment)."""
+    data = cfg.model_dump(mode="json", exclude={"kafka": {"sasl_password"}, "registry": {"basic_auth"}})
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

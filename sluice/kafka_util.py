@@ -1,0 +1,183 @@
+"""Kafka helpers: topics, the broker's transaction limit, read_committed reads."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
+
+from sluice.config import SluiceConfig
+
+
+class TransactionTimeoutError(ValueError):
+    """The sink's transaction timeout does not fit the broker's maximum."""
+
+
+def admin(cfg: SluiceConfig) -> AdminClient:
+    return AdminClient(cfg.kafka.client_properties())
+
+
+def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: float = 30) -> None:
+    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    client = admin(cfg)
+    wanted = topics if topics is not None else cfg.topics.all()
+    existing = set(client.list_topics(timeout=timeout).topics)
+    new = [
+        NewTopic(t, cfg.topics.partitions, cfg.topics.replication_factor)
+        for t in wanted
+        if t not in existing
+    ]
+    if not new:
+        return
+    for topic, fut in client.create_topics(new, operation_timeout=timeout).items():
+        try:
+            fut.result()
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise RuntimeError(f"cannot create topic {topic}: {exc}") from exc
+
+
+def delete_topics(cfg: SluiceConfig, topics: list[str], timeout: float = 30) -> None:
+    client = admin(cfg)
+    existing = set(client.list_topics(timeout=timeout).topics)
+    doomed = [t for t in topics if t in existing]
+    if not doomed:
+        return
+    for fut in client.delete_topics(doomed, operation_timeout=timeout).values():
+        fut.result()
+    # Deletion is asynchronous on the broker; wait until the names are gone.
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not set(doomed) & set(client.list_topics(timeout=timeout).topics):
+            return
+        time.sleep(0.2)
+
+
+def broker_max_transaction_timeout_ms(cfg: SluiceConfig, timeout: float = 15) -> int:
+    client = admin(cfg)
+    brokers = client.list_topics(timeout=timeout).brokers
+    if not brokers:
+        raise RuntimeError(f"no broker answered at {cfg.kafka.bootstrap_servers}")
+    broker_id = str(next(iter(brokers)))
+    res = ConfigResource(ResourceType.BROKER, broker_id)
+    configs = client.describe_configs([res])[res].result(timeout=timeout)
+    return int(configs["transaction.max.timeout.ms"].value)
+
+
+def check_transaction_timeout(cfg: SluiceConfig) -> int:
+    """Validate ``checkpoint interval << transaction timeout <= broker max`` at job start."""
+    broker_max = broker_max_transaction_timeout_ms(cfg)
+    wanted = cfg.kafka.transaction_timeout_ms
+    if wanted > broker_max:
+        raise TransactionTimeoutError(
+            f"kafka.transaction_timeout_ms is {wanted} ms but the broker allows at most "
+            f"{broker_max} ms (transaction.max.timeout.ms): every exactly-once commit would "
+            f"fail. Lower kafka.transaction_timeout_ms to <= {broker_max}, or raise the "
+            "broker's transaction.max.timeout.ms"
+        )
+    return broker_max
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    value: bytes | None
+    read_at_ms: int
+
+
+def _consumer(cfg: SluiceConfig, group: str) -> Consumer:
+    return Consumer(
+        {
+            **cfg.kafka.client_properties(),
+            "group.id": group,
+            # Exactly-once output is visible only once its transaction commits.
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+
+
+def end_offsets(cfg: SluiceConfig, topic: str, timeout: float = 15) -> dict[int, int]:
+    """The last stable offset per partition as a read_committed consumer sees it."""
+    c = _consumer(cfg, "sluice-offsets")
+    try:
+        md = c.list_topics(topic, timeout=timeout).topics[topic]
+        if md.error is not None:
+            raise RuntimeError(f"topic {topic}: {md.error}")
+        return {
+            p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
+            for p in md.partitions
+        }
+    finally:
+        c.close()
+
+
+def read_committed(
+    cfg: SluiceConfig,
+    topics: list[str],
+    *,
+    until: Callable[[dict[str, int]], bool] | None = None,
+    idle_timeout: float = 5.0,
+    max_wait: float = 120.0,
+    on_record: Callable[[Record], None] | None = None,
+) -> dict[str, list[Record]]:
+    """Read the topics from the beginning with a read_committed consumer.
+
+    Stops when ``until(counts)`` is true, else after ``idle_timeout`` seconds
+    without a new record, and never later than ``max_wait``.
+    """
+    out: dict[str, list[Record]] = {t: [] for t in topics}
+    c = _consumer(cfg, f"sluice-reader-{time.time_ns()}")
+    try:
+        parts = []
+        for t in topics:
+            md = c.list_topics(t, timeout=15).topics[t]
+            if md.error is not None:
+                raise RuntimeError(f"topic {t}: {md.error}")
+            parts += [TopicPartition(t, p, 0) for p in md.partitions]
+        c.assign(parts)
+        start = last = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now - start > max_wait:
+                break
+            counts = {t: len(v) for t, v in out.items()}
+            if until is not None and until(counts):
+                break
+            if until is None and now - last > idle_timeout:
+                break
+            batch: list[Message] = c.consume(1000, timeout=0.2)
+            read_at = int(time.time() * 1000)
+            for m in batch:
+                if m.error():
+                    if m.error().code() == KafkaError._PARTITION_EOF:
+                        continue
+                    raise RuntimeError(f"consumer error: {m.error()}")
+                rec = Record(
+                    m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
+                    read_at,
+                )
+                out[rec.topic].append(rec)
+                if on_record is not None:
+                    on_record(rec)
+            if batch:
+                last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def iter_partitions(cfg: SluiceConfig, topic: str) -> Iterator[int]:
+    c = _consumer(cfg, "sluice-meta")
+    try:
+        yield from c.list_topics(topic, timeout=15).topics[topic].partitions
+    finally:
+        c.close()

@@ -1,0 +1,153 @@
+"""Schemas on disk and in a Confluent-API schema registry.
+
+The code speaks only the Confluent Schema Registry REST API (through
+confluent-kafka's client), so it works against Confluent SR, Karapace, Redpanda
+and Apicurio's ``/apis/ccompat/v7``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from sluice.config import SluiceConfig
+
+
+class RegistryUnavailable(RuntimeError):
+    """The registry could not be reached or answered with a server error."""
+
+
+@dataclass(frozen=True)
+class OutputSchema:
+    """An output schema with the registry id the job stamps into its framing."""
+
+    subject: str
+    schema_str: str
+    schema_id: int
+
+
+def read_schema(path: Path) -> str:
+    """The schema's canonical JSON text (parsed and re-serialised, so whitespace never differs)."""
+    try:
+        return json.dumps(json.loads(path.read_text()), separators=(",", ":"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"schema file {path} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"schema file {path} is not valid JSON: {exc}") from exc
+
+
+def subject_of(schema_rel: str) -> str:
+    """``telemetry-value/v2.avsc`` → ``telemetry-value``."""
+    return schema_rel.split("/", 1)[0]
+
+
+def load_subjects(schemas_dir: Path) -> dict[str, dict[str, str]]:
+    data = yaml.safe_load((schemas_dir / "subjects.yaml").read_text())
+    default = data.get("default_compatibility", "BACKWARD_TRANSITIVE")
+    return {
+        name: {"compatibility": default, **(spec or {})}
+        for name, spec in data.get("subjects", {}).items()
+    }
+
+
+def schema_versions(schemas_dir: Path, subject: str) -> list[Path]:
+    """``v1.avsc``, ``v2.avsc``, … of a subject in version order."""
+    files = list((schemas_dir / subject).glob("v*.avsc"))
+    return sorted(files, key=lambda p: int(p.stem[1:]))
+
+
+def registry_client(cfg: SluiceConfig) -> SchemaRegistryClient:
+    return SchemaRegistryClient(cfg.registry.client_conf())
+
+
+def register(client: SchemaRegistryClient, subject: str, schema_str: str) -> int:
+    try:
+        return int(client.register_schema(subject, Schema(schema_str, "AVRO")))
+    except SchemaRegistryError as exc:
+        if exc.http_status_code in (409, 422):
+            raise ValueError(
+                f"the registry refused {subject}: {exc.error_message} "
+                f"(HTTP {exc.http_status_code}, error {exc.error_code})"
+            ) from exc
+        raise RegistryUnavailable(f"registry error registering {subject}: {exc}") from exc
+    except Exception as exc:  # connection refused, DNS, TLS
+        raise RegistryUnavailable(f"cannot reach the registry to register {subject}: {exc}") from exc
+
+
+def lookup(client: SchemaRegistryClient, subject: str, schema_str: str) -> int:
+    """Id of an already registered schema (for deployments where the job may not register)."""
+    try:
+        return int(client.lookup_schema(subject, Schema(schema_str, "AVRO")).schema_id)
+    except SchemaRegistryError as exc:
+        if exc.http_status_code == 404:
+            raise ValueError(
+                f"{subject}: this schema is not registered and registry.auto_register is off; "
+                "run `sluice schemas register` first"
+            ) from exc
+        raise RegistryUnavailable(f"registry error looking up {subject}: {exc}") from exc
+
+
+def output_schema(cfg: SluiceConfig, schema_rel: str) -> OutputSchema:
+    subject = subject_of(schema_rel)
+    text = read_schema(cfg.schema_path(schema_rel))
+    with registry_client(cfg) as client:
+        sid = register(client, subject, text) if cfg.registry.auto_register else lookup(
+            client, subject, text
+        )
+    return OutputSchema(subject, text, sid)
+
+
+def register_all(cfg: SluiceConfig) -> dict[str, list[int]]:
+    """Register every version of every subject, oldest first; set each subject's level."""
+    schemas_dir = cfg.path(cfg.schemas.dir)
+    ids: dict[str, list[int]] = {}
+    with registry_client(cfg) as client:
+        for subject, spec in load_subjects(schemas_dir).items():
+            try:
+                client.set_compatibility(subject_name=subject, level=spec["compatibility"])
+            except SchemaRegistryError as exc:
+                raise RegistryUnavailable(f"cannot set compatibility of {subject}: {exc}") from exc
+            ids[subject] = [
+                register(client, subject, read_schema(p))
+                for p in schema_versions(schemas_dir, subject)
+            ]
+    return ids
+
+
+class WriterSchemaCache:
+    """Writer schemas by id, fetched once per id from the registry.
+
+    Used inside the Python UDF worker: the Rust decoder asks for an id it has
+    not seen, this fetches it once and hands the text to Rust.
+    """
+
+    def __init__(self, client_conf: dict[str, str]):
+        self._conf = client_conf
+        self._client: SchemaRegistryClient | None = None
+
+    @property
+    def client(self) -> SchemaRegistryClient:
+        if self._client is None:
+            self._client = SchemaRegistryClient(self._conf)
+        return self._client
+
+    def fetch(self, schema_id: int) -> str | None:
+        """The schema text, or None if the registry does not know the id (404)."""
+        try:
+            schema = self.client.get_schema(schema_id)
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 404:
+                return None
+            raise RegistryUnavailable(f"registry error fetching schema id {schema_id}: {exc}") from exc
+        except Exception as exc:
+            raise RegistryUnavailable(f"cannot reach the registry for schema id {schema_id}: {exc}") from exc
+        if schema.schema_type not in (None, "AVRO"):
+            return None
+        return schema.schema_str
+
+

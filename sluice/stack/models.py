@@ -1,0 +1,137 @@
+"""Data types shared by the local-stack manager (no I/O here)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+#: Start order. `down` stops in the reverse order.
+COMPONENTS: tuple[str, ...] = ("kafka", "registry", "flink-jobmanager", "flink-taskmanager")
+FLINK_COMPONENTS: tuple[str, ...] = ("flink-jobmanager", "flink-taskmanager")
+
+#: The Confluent-compatible API of Apicurio Registry, relative to its HTTP root.
+CCOMPAT_PATH = "/apis/ccompat/v7"
+
+LOOPBACK = "127.0.0.1"
+
+
+class StackError(RuntimeError):
+    """A stack operation failed; the message is meant for the user as-is."""
+
+    def __init__(
+        self, message: str, *, component: str | None = None, log_file: Path | None = None
+    ) -> None:
+        super().__init__(message)
+        self.component = component
+        self.log_file = log_file
+
+
+@dataclass(frozen=True)
+class StackPorts:
+    """Loopback ports of the local stack (all bound on 127.0.0.1 only)."""
+
+    kafka: int = 19092
+    kafka_controller: int = 19093
+    registry: int = 18081
+    registry_management: int = 18091
+    flink_rest: int = 18082
+    flink_rpc: int = 18083
+
+    def for_component(self, component: str) -> dict[str, int]:
+        """The ports a component listens on, by field name (empty for the TaskManager)."""
+        return {
+            "kafka": {"kafka": self.kafka, "kafka_controller": self.kafka_controller},
+            "registry": {
+                "registry": self.registry,
+                "registry_management": self.registry_management,
+            },
+            "flink-jobmanager": {"flink_rest": self.flink_rest, "flink_rpc": self.flink_rpc},
+            "flink-taskmanager": {},
+        }[component]
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any] | None) -> StackPorts:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: int(v) for k, v in (data or {}).items() if k in known})
+
+
+@dataclass
+class ComponentStatus:
+    """What `status` knows about one process of the stack."""
+
+    name: str
+    running: bool = False
+    healthy: bool = False
+    pid: int | None = None
+    port: int | None = None
+    endpoint: str | None = None
+    log_file: Path | None = None
+    started_at: str | None = None
+    startup_seconds: float | None = None
+    reused: bool = False
+    detail: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["log_file"] = str(self.log_file) if self.log_file else None
+        return data
+
+
+@dataclass
+class StackStatus:
+    """The state of the stack in one run dir."""
+
+    run_dir: Path
+    ports: StackPorts
+    components: dict[str, ComponentStatus] = field(default_factory=dict)
+    flink_conf_dir: Path | None = None
+
+    # -- conveniences ---------------------------------------------------------------------
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{LOOPBACK}:{self.ports.kafka}"
+
+    @property
+    def registry_url(self) -> str:
+        """Base URL of the Confluent-compatible API (what Confluent clients call `url`)."""
+        return f"http://{LOOPBACK}:{self.ports.registry}{CCOMPAT_PATH}"
+
+    @property
+    def registry_root_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.registry}"
+
+    @property
+    def flink_rest_url(self) -> str:
+        return f"http://{LOOPBACK}:{self.ports.flink_rest}"
+
+    @property
+    def running(self) -> list[str]:
+        return [n for n, c in self.components.items() if c.running]
+
+    @property
+    def flink_running(self) -> bool:
+        return any(self.components[n].running for n in FLINK_COMPONENTS if n in self.components)
+
+    @property
+    def healthy(self) -> bool:
+        """Kafka and the registry are up and healthy, and so is every other running process."""
+        core = all(
+            self.components.get(n, ComponentStatus(n)).healthy for n in ("kafka", "registry")
+        )
+        return core and all(c.healthy for c in self.components.values() if c.running)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_dir": str(self.run_dir),
+            "ports": self.ports.to_dict(),
+            "healthy": self.healthy,
+            "bootstrap_servers": self.bootstrap_servers,
+            "registry_url": self.registry_url,
+            "flink_rest_url": self.flink_rest_url,
+            "flink_conf_dir": str(self.flink_conf_dir) if self.flink_conf_dir else None,
+            "components": {n: c.to_dict() for n, c in self.components.items()},
+        }

@@ -1,0 +1,42 @@
+//! `sluice._native`: the Rust hot path of sluice (Avro decode / encode for
+//! Confluent-framed Kafka records), built with pyo3 + maturin.
+//!
+//! Why hand-written: apache-avro re-resolves writer→reader schemas on every
+//! call (avro-rs #310, ~80% of decode time), so we compile a resolution plan
+//! once per (writer id, reader schema) and decode with it.
+//!
+//! Layout:
+//! * [`schema`]  – apache-avro parses schema JSON; lowered once to an index-based IR.
+//! * [`resolve`] – writer→reader resolution plan compiler (Avro 1.11 rules).
+//! * [`decode`]  – plan executor, generic over an output [`decode::Sink`].
+//! * [`encode`]  – schema-driven encoder, generic over an input [`encode::EncCtx`].
+//! * [`framing`] – Confluent wire header.
+//! * [`errors`]  – the one error enum + Python exception hierarchy.
+//! * `py`        – pyo3 classes (`AvroDecoder`, `AvroEncoder`, ...).
+
+pub mod decode;
+pub mod encode;
+pub mod errors;
+pub mod framing;
+mod py;
+pub mod resolve;
+pub mod schema;
+pub mod value;
+
+#[cfg(test)]
+mod tests;
+
+use pyo3::prelude::*;
+
+/// The crate version, exported to Python as `__version__`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", VERSION)?;
+    m.add_class::<py::AvroDecoder>()?;
+    m.add_class::<py::AvroEncoder>()?;
+    m.add_function(wrap_pyfunction!(py::parse_confluent_header, m)?)?;
+    errors::register(m)?;
+    Ok(())
+}
