@@ -239,10 +239,16 @@ def prepare_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([current] if current else []))
 
 
-def create_env(cfg: SluiceConfig) -> StreamExecutionEnvironment:
+def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironment:
+    """A local (mini-cluster) environment; under `flink run` the cluster's settings win."""
     conf = flink_configuration(cfg)
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
+    # The mini-cluster's REST endpoint (job status, stop-with-drain): loopback only,
+    # and a free port unless one is asked for, so it never collides with a real 8081.
+    conf.set_string("rest.bind-address", "127.0.0.1")
+    conf.set_string("rest.address", "127.0.0.1")
+    conf.set_string("rest.port", str(rest_port))
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.job.parallelism)
     return env
@@ -254,6 +260,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--bounded", action="store_true",
                         help="stop at the end offsets seen at start (overrides job.bounded)")
     parser.add_argument("--startup-mode", choices=["earliest", "group-offsets", "latest"])
+    parser.add_argument("--rest-port", type=int, default=0,
+                        help="mini-cluster REST port (default: any free port)")
     args = parser.parse_args(argv)
 
     cfg = load_config(args.config)
@@ -266,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
         cfg = cfg.with_overrides(job=overrides)
     check_transaction_timeout(cfg)
     prepare_python_path()
-    env = create_env(cfg)
+    env = create_env(cfg, args.rest_port)
     build_pipeline(env, cfg)
     env.execute(cfg.job.name)
 

@@ -1,0 +1,91 @@
+# sluice — every target installs what it needs from the package registries.
+#   make demo        run the main job end to end on the local stack
+#   make test        everything: cargo test + unit + integration + e2e (what CI runs)
+#   make test-quick  unit tests only (seconds, no JVM)
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= python3.11
+VENV        := .venv
+PY          := $(VENV)/bin/python
+DEPS        := .deps
+MVN         := mvn -q -B
+APICURIO    := io.apicurio:apicurio-registry-app:3.3.3:tar.gz:all
+RUST_SRC    := $(shell find udfs_rs/src -name '*.rs') udfs_rs/Cargo.toml udfs_rs/Cargo.lock
+PYTEST      := $(PY) -m pytest -p no:cacheprovider
+
+.PHONY: help setup deps build demo test test-quick test-integration test-e2e cargo-test \
+        bench stack-up stack-down stack-status lint clean distclean
+
+help: ## show this help
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
+
+# --- set-up -----------------------------------------------------------------------------
+$(VENV)/.installed: pyproject.toml $(RUST_SRC)
+	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# Builds the Rust module (release profile) and installs the pinned Python deps.
+	$(PY) -m pip install -q -e ".[dev]"
+	@touch $@
+
+$(DEPS)/kafka/.done: sluice/stack/kafka-pom.xml
+	rm -rf $(DEPS)/kafka
+	$(MVN) -f sluice/stack/kafka-pom.xml dependency:copy-dependencies \
+	    -DoutputDirectory=$(CURDIR)/$(DEPS)/kafka -DincludeScope=runtime
+	@touch $@
+
+$(DEPS)/flink-jars/.done: flink-conf/pom.xml
+	rm -rf $(DEPS)/flink-jars
+	$(MVN) -f flink-conf/pom.xml dependency:copy-dependencies \
+	    -DoutputDirectory=$(CURDIR)/$(DEPS)/flink-jars -DincludeScope=runtime -DexcludeTransitive=true
+	@touch $@
+
+$(DEPS)/apicurio/.done:
+	rm -rf $(DEPS)/apicurio && mkdir -p $(DEPS)/apicurio
+	$(MVN) dependency:copy -Dartifact=$(APICURIO) -DoutputDirectory=$(CURDIR)/$(DEPS)/apicurio
+	tar -xzf $(DEPS)/apicurio/apicurio-registry-app-*-all.tar.gz -C $(DEPS)/apicurio
+	rm -f $(DEPS)/apicurio/apicurio-registry-app-*-all.tar.gz
+	@touch $@
+
+deps: $(DEPS)/kafka/.done $(DEPS)/flink-jars/.done $(DEPS)/apicurio/.done ## download the Kafka broker, Flink connector and Apicurio jars (Maven Central)
+
+setup: $(VENV)/.installed deps ## venv + Python deps + Rust build + jars
+
+build: $(VENV)/.installed ## (re)build the Rust module into the venv
+	$(VENV)/bin/maturin develop --release --skip-install -q
+
+# --- run ----------------------------------------------------------------------------------
+demo: setup ## run the main job end to end on the local stack and print its summary
+	$(VENV)/bin/sluice demo
+
+stack-up: setup ## start Kafka + registry + Flink standalone cluster in the background
+	$(VENV)/bin/sluice stack up --flink
+
+stack-down: ## stop everything `stack-up` started
+	@if [ -x $(VENV)/bin/sluice ]; then $(VENV)/bin/sluice stack down; fi
+
+stack-status: ## show what runs, where, and its health
+	$(VENV)/bin/sluice stack status
+
+# --- tests --------------------------------------------------------------------------------
+cargo-test: $(VENV)/.installed ## Rust unit tests
+	cd udfs_rs && PYO3_PYTHON=$(CURDIR)/$(PY) cargo test --quiet 2>&1 | tail -n 5; exit $${PIPESTATUS[0]}
+
+test-quick: $(VENV)/.installed ## unit tests only (no JVM, seconds)
+	$(PYTEST) tests/unit -q
+
+test: setup cargo-test ## cargo test + unit + integration + e2e on the real local stack
+	$(PYTEST) tests/unit tests/integration tests/e2e -m "not bench" -q -rfEs
+
+bench: setup ## benchmarks (never part of `make test`)
+	$(PYTEST) tests/bench -m bench -q -s
+
+lint: $(VENV)/.installed ## ruff + mypy stubtest of the native module
+	$(VENV)/bin/ruff check sluice jobs tests
+	$(PY) -m mypy.stubtest sluice._native
+
+clean: ## remove build outputs and run data (keeps venv and downloaded jars)
+	rm -rf out .run udfs_rs/target sluice/_native*.so
+
+distclean: clean ## also remove the venv and the downloaded jars
+	rm -rf $(VENV) $(DEPS)
