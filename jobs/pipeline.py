@@ -239,9 +239,19 @@ def prepare_python_path() -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(paths + ([current] if current else []))
 
 
+def submitted_by_flink_run() -> bool:
+    """`flink run` starts this script with a gateway into its own JVM already open."""
+    return "PYFLINK_GATEWAY_PORT" in os.environ
+
+
 def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironment:
-    """A local (mini-cluster) environment; under `flink run` the cluster's settings win."""
+    """The job's environment: a mini-cluster when run as a script; under `flink run`,
+    the cluster's (its address, -pyexec/-pyarch) with the job's own settings on top."""
     conf = flink_configuration(cfg)
+    if submitted_by_flink_run():
+        env = StreamExecutionEnvironment.get_execution_environment(conf)
+        env.set_parallelism(cfg.job.parallelism)
+        return env
     conf.set_string("python.executable", sys.executable)
     conf.set_string("python.client.executable", sys.executable)
     # The mini-cluster's REST endpoint (job status, stop-with-drain): loopback only,
@@ -273,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     if overrides:
         cfg = cfg.with_overrides(job=overrides)
     check_transaction_timeout(cfg)
-    prepare_python_path()
+    if not submitted_by_flink_run():
+        prepare_python_path()
     env = create_env(cfg, args.rest_port)
     build_pipeline(env, cfg)
     env.execute(cfg.job.name)

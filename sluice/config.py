@@ -54,11 +54,13 @@ class KafkaConfig(_Section):
     @field_validator("properties")
     @classmethod
     def _no_secrets_in_properties(cls, v: dict[str, str]) -> dict[str, str]:
-        for key in v:
-            if "password" in key.lower() or "secret" in key.lower():
+        for key, value in v.items():
+            lowered = f"{key} {value}".lower()
+            if any(word in lowered for word in ("password", "secret", "jaas")):
                 raise ValueError(
-                    f"kafka.properties.{key}: secrets must not be in the config file; "
-                    "set SLUICE_KAFKA_SASL_PASSWORD (or SLUICE_KAFKA_SASL_PASSWORD_FILE)"
+                    f"kafka.properties.{key}: secrets must not be in the config file; set "
+                    "kafka.sasl_username and SLUICE_KAFKA_SASL_PASSWORD (or "
+                    "SLUICE_KAFKA_SASL_PASSWORD_FILE): sluice builds sasl.jaas.config itself"
                 )
         return v
 
@@ -240,7 +242,10 @@ class SluiceConfig(BaseModel):
                 data[section] = {**data[section], **values}
             else:
                 data[section] = values
-        return SluiceConfig.model_validate(data)
+        try:
+            return SluiceConfig.model_validate(data)
+        except ValidationError as exc:
+            raise ConfigError(_explain(exc, "overrides")) from None
 
 
 def _read_secret(env: dict[str, str], name: str) -> str | None:
@@ -263,8 +268,9 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
         node = out
         for part in parts[:-1]:
             node = node.setdefault(part, {})
-        parsed = yaml.safe_load(value) if value else value
-        node[parts[-1]] = parsed
+        # Mappings and lists are YAML (SLUICE__KAFKA__PROPERTIES='{a: b}'); everything
+        # else stays a string for pydantic to coerce, so a topic named "on" stays "on".
+        node[parts[-1]] = yaml.safe_load(value) if value[:1] in ("{", "[") else value
     if "BOOTSTRAP_SERVERS" in env:
         out.setdefault("kafka", {})["bootstrap_servers"] = env["BOOTSTRAP_SERVERS"]
     if "SCHEMA_REGISTRY_URL" in env:

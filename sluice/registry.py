@@ -8,6 +8,7 @@ and Apicurio's ``/apis/ccompat/v7``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,10 +56,18 @@ def load_subjects(schemas_dir: Path) -> dict[str, dict[str, str]]:
     }
 
 
+_VERSION_FILE = re.compile(r"^v([1-9][0-9]*)\.avsc$")
+
+
 def schema_versions(schemas_dir: Path, subject: str) -> list[Path]:
     """``v1.avsc``, ``v2.avsc``, … of a subject in version order."""
-    files = list((schemas_dir / subject).glob("v*.avsc"))
-    return sorted(files, key=lambda p: int(p.stem[1:]))
+    files = sorted((schemas_dir / subject).glob("*.avsc"))
+    for f in files:
+        if not _VERSION_FILE.match(f.name):
+            raise ValueError(
+                f"{f}: schema files are named v<N>.avsc (v1.avsc, v2.avsc, ...); rename or move it"
+            )
+    return sorted(files, key=lambda p: int(_VERSION_FILE.match(p.name).group(1)))  # type: ignore[union-attr]
 
 
 def registry_client(cfg: SluiceConfig) -> SchemaRegistryClient:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyflink.common import Row
@@ -55,12 +55,17 @@ class DeviceRef:
     max_temperature_c: float | None
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
 def epoch_ms(value: Any) -> int:
-    """Epoch milliseconds of what PyFlink hands over for TIMESTAMP_LTZ (a naive UTC datetime)."""
+    """Epoch milliseconds of what PyFlink hands over for TIMESTAMP_LTZ (a naive UTC datetime).
+    Integer arithmetic: ``int(timestamp() * 1000)`` loses a millisecond for some dates."""
     if isinstance(value, datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=UTC)
-        return int(value.timestamp() * 1000)
+        return (value - _EPOCH) // _MS
     return int(value)
 
 

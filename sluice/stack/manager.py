@@ -50,6 +50,7 @@ from .render import (
     kafka_log4j2_properties,
     kafka_server_properties,
     write_flink_conf_dir,
+    write_flink_lib_dir,
 )
 
 Progress = Callable[[str], None]
@@ -468,6 +469,7 @@ def _flink_specs(
     # Thread-mode UDFs run in an interpreter embedded in the TaskManager (pemja), which
     # finds the venv's packages only through PYTHONPATH.
     env["PYTHONPATH"] = _site_packages(python)
+    env["FLINK_LIB_DIR"] = str(write_flink_lib_dir(home, flink_dirs(fdir)["lib"]))
     specs = []
     for name in names:
         short = name.removeprefix("flink-")

@@ -122,9 +122,26 @@ def flink_default_java_opts(home: Path) -> str:
     return str(node)
 
 
+def write_flink_lib_dir(home: Path, lib_dir: Path) -> Path:
+    """The cluster's classpath: the wheel's lib/ plus opt/flink-python, without which a
+    JobManager cannot even deserialize a Python job (ClassNotFoundException on
+    PythonScalarFunctionOperator). Symlinks, so the installed wheel stays untouched."""
+    lib_dir.mkdir(parents=True, exist_ok=True)
+    for old in lib_dir.glob("*.jar"):
+        old.unlink()
+    jars = sorted((home / "lib").glob("*.jar")) + sorted((home / "opt").glob("flink-python-*.jar"))
+    if not any(j.name.startswith("flink-python-") for j in jars):
+        raise StackError(f"{home}/opt has no flink-python jar; is apache-flink complete?",
+                         component="flink")
+    for jar in jars:
+        (lib_dir / jar.name).symlink_to(jar)
+    return lib_dir
+
+
 def flink_dirs(flink_dir: Path) -> dict[str, Path]:
     return {
         "conf": flink_dir / "conf",
+        "lib": flink_dir / "lib",
         "log": flink_dir / "log",
         "pid": flink_dir / "pid",
         "tmp": flink_dir / "tmp",

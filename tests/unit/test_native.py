@@ -165,7 +165,8 @@ def diff(actual: Any, expected: Any, path: str = "$") -> str | None:
     """None when equal (strict types; NaN equals NaN; -0.0 differs from 0.0), else
     a description of the first difference."""
     if type(actual) is not type(expected):
-        return f"{path}: type {type(actual).__name__} != {type(expected).__name__} ({actual!r} vs {expected!r})"
+        kinds = f"{type(actual).__name__} != {type(expected).__name__}"
+        return f"{path}: type {kinds} ({actual!r} vs {expected!r})"
     if isinstance(actual, float):
         if math.isnan(actual) and math.isnan(expected):
             return None

@@ -1,0 +1,97 @@
+"""Shared checks of the pipeline's output against the independent oracle."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+from sluice.config import SluiceConfig
+from sluice.generator import Generated, aligned_start, plan, produce
+from sluice.kafka_util import ensure_topics, read_committed
+from tests import oracle
+
+RECORDS = 1500
+STEP_MS = 20  # 30 s of event time → 6 five-second windows per device
+
+
+def produce_input(cfg: SluiceConfig) -> Generated:
+    ensure_topics(cfg)
+    n = cfg.generator.records
+    items = plan(cfg, start_ms=aligned_start(cfg, n * STEP_MS), step_ms=STEP_MS)
+    return produce(cfg, items)
+
+
+def decoded_outputs(cfg: SluiceConfig) -> dict[str, list[dict]]:
+    """Every committed output record, decoded with confluent-kafka's AvroDeserializer.
+    The job has finished, so whatever it committed is visible; read until idle."""
+    topics = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts]
+    got = read_committed(cfg, topics, idle_timeout=3, max_wait=120)
+    with SchemaRegistryClient(cfg.registry.client_conf()) as client:
+        de = AvroDeserializer(client)
+        return {t: [de(r.value, None) for r in recs] for t, recs in got.items()}
+
+
+def _ms(v) -> int:  # AvroDeserializer turns timestamp-millis into datetimes
+    return int(v.timestamp() * 1000) if hasattr(v, "timestamp") else int(v)
+
+
+def check_against_oracle(
+    cfg: SluiceConfig, gen: Generated, devices_csv: Path, outputs: dict[str, list[dict]] | None = None
+) -> dict[str, list[dict]]:
+    devs = oracle.devices(devices_csv)
+    exp_enriched = oracle.expected_enriched(gen, devs)
+    exp_windows = oracle.expected_windows(gen, devs, cfg.window.size_ms, cfg.score.default_threshold)
+    exp_alerts = {k: w for k, w in exp_windows.items() if w.is_alert}
+    assert exp_alerts, "the generated data must produce at least one alert"
+    assert len(exp_alerts) < len(exp_windows), "and at least one quiet window"
+    out = decoded_outputs(cfg) if outputs is None else outputs
+
+    # in = out + dlq, with no duplicates and nothing invented.
+    enriched = out[cfg.topics.enriched]
+    ids = [e["event_id"] for e in enriched]
+    assert len(ids) == len(set(ids)), "duplicate enriched records"
+    assert set(ids) == set(exp_enriched), "enriched records differ from the input"
+    assert len(enriched) + len(out[cfg.topics.dlq]) == gen.total
+    for e in enriched:
+        want = exp_enriched[e["event_id"]]
+        got = {k: e[k] for k in want}
+        got["ts"] = _ms(got["ts"])
+        assert got == want, e["event_id"]
+
+    # The DLQ holds exactly the corrupt records, byte for byte, with their reasons.
+    exp_dlq = oracle.expected_dlq_reasons(gen)
+    dlq = {d["original_value"]: d for d in out[cfg.topics.dlq]}
+    assert len(dlq) == len(out[cfg.topics.dlq]) == len(gen.corrupt)
+    assert {v: d["reason"] for v, d in dlq.items()} == exp_dlq
+    for d in dlq.values():
+        assert d["source_topic"] == cfg.topics.telemetry
+        assert d["job"] == cfg.job.name
+        assert d["detail"]
+
+    # Window aggregates: exactly the oracle's, floats within tolerance.
+    scores = {(s["device_id"], _ms(s["window_start"])): s for s in out[cfg.topics.scores]}
+    assert len(scores) == len(out[cfg.topics.scores]), "duplicate window scores"
+    assert set(scores) == set(exp_windows)
+    for key, w in exp_windows.items():
+        s = scores[key]
+        assert s["count"] == w.count, key
+        assert _ms(s["window_end"]) == w.window_end
+        assert s["site_id"] == w.site_id
+        assert math.isclose(s["mean"], w.mean, rel_tol=oracle.FLOAT_TOLERANCE), key
+        assert s["max"] == w.max
+        assert s["threshold"] == w.threshold
+        assert s["is_alert"] == w.is_alert
+        assert math.isclose(s["score"], w.score, rel_tol=oracle.FLOAT_TOLERANCE)
+
+    alerts = {(a["device_id"], _ms(a["window_start"])): a for a in out[cfg.topics.alerts]}
+    assert len(alerts) == len(out[cfg.topics.alerts]), "duplicate alerts"
+    assert set(alerts) == set(exp_alerts)
+    for key, a in alerts.items():
+        assert a["alert_id"] == f"{key[0]}@{key[1]}"
+        assert math.isclose(a["mean"], exp_alerts[key].mean, rel_tol=oracle.FLOAT_TOLERANCE)
+    return out
+
+
