@@ -69,7 +69,7 @@ stack-status: ## show what runs, where, and its health
 
 # --- tests --------------------------------------------------------------------------------
 cargo-test: $(VENV)/.installed ## Rust unit tests
-	cd udfs_rs && PYO3_PYTHON=$(CURDIR)/$(PY) cargo test --quiet 2>&1 | tail -n 5; exit $${PIPESTATUS[0]}
+	cd udfs_rs && PYO3_PYTHON=$(CURDIR)/$(PY) cargo test --quiet
 
 test-quick: $(VENV)/.installed ## unit tests only (no JVM, seconds)
 	$(PYTEST) tests/unit -q

@@ -51,8 +51,14 @@ def stack(base_config: SluiceConfig) -> Iterator[SluiceConfig]:
 
 @pytest.fixture(scope="session")
 def flink_cluster(stack: SluiceConfig) -> Path:
-    """A local standalone Flink cluster; its FLINK_CONF_DIR. Stopped with the stack."""
+    """A local standalone Flink cluster; its FLINK_CONF_DIR. Stopped with the stack.
+    With an external stack, FLINK_CONF_DIR names the cluster to submit to."""
     from sluice.stack import StackPorts, up
+
+    if _external_stack():
+        if not os.environ.get("FLINK_CONF_DIR"):
+            pytest.skip("external stack without FLINK_CONF_DIR: no Flink cluster to submit to")
+        return Path(os.environ["FLINK_CONF_DIR"])
 
     st = up(RUN_DIR, StackPorts(), flink=True)
     assert st.flink_conf_dir is not None
