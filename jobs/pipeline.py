@@ -93,6 +93,12 @@ def _kafka_props(cfg: SluiceConfig) -> str:
 
 
 def _sink_ddl(cfg: SluiceConfig, table: str, topic: str) -> str:
+    if cfg.job.delivery_guarantee == "exactly-once":
+        delivery = f"""'sink.delivery-guarantee' = 'exactly-once',
+            'sink.transactional-id-prefix' = '{cfg.job.transactional_id_prefix}-{table}',
+            'properties.transaction.timeout.ms' = '{cfg.kafka.transaction_timeout_ms}'"""
+    else:
+        delivery = "'sink.delivery-guarantee' = 'at-least-once'"
     return f"""
         CREATE TEMPORARY TABLE `{table}` (
             `k` STRING,
@@ -105,9 +111,7 @@ def _sink_ddl(cfg: SluiceConfig, table: str, topic: str) -> str:
             'key.fields' = 'k',
             'value.format' = 'raw',
             'value.fields-include' = 'EXCEPT_KEY',
-            'sink.delivery-guarantee' = 'exactly-once',
-            'sink.transactional-id-prefix' = '{cfg.job.transactional_id_prefix}-{table}',
-            'properties.transaction.timeout.ms' = '{cfg.kafka.transaction_timeout_ms}'
+            {delivery}
         )"""
 
 
@@ -282,7 +286,8 @@ def main(argv: list[str] | None = None) -> None:
         overrides["startup_mode"] = args.startup_mode
     if overrides:
         cfg = cfg.with_overrides(job=overrides)
-    check_transaction_timeout(cfg)
+    if cfg.job.delivery_guarantee == "exactly-once":
+        check_transaction_timeout(cfg)
     if not submitted_by_flink_run():
         prepare_python_path()
     env = create_env(cfg, args.rest_port)

@@ -144,6 +144,10 @@ class JobConfig(_Section):
     consumer_group: str = "sluice-pipeline"
     # Stable per job: the exactly-once sinks derive one prefix per output topic.
     transactional_id_prefix: str = "sluice-pipeline"
+    # exactly-once: Kafka transactions committed by checkpoints (consumers read
+    # read_committed; latency ~ checkpoint interval). at-least-once: flushed on
+    # checkpoints, visible at once, duplicated after a failure (idempotent consumers).
+    delivery_guarantee: Literal["exactly-once", "at-least-once"] = "exactly-once"
     # earliest: read the topic from the start; group-offsets: resume from the
     # group's committed offsets (earliest where there are none).
     startup_mode: Literal["earliest", "group-offsets", "latest"] = "group-offsets"

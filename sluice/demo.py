@@ -228,7 +228,7 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
         "latency_ms_p99": _percentile(latencies, 99),
         "latency_ms_max": max(latencies) if latencies else None,
         "checkpoint_interval_ms": cfg.checkpoint.interval_ms,
-        "delivery": "exactly-once (read_committed)",
+        "delivery": f"{cfg.job.delivery_guarantee} (read_committed consumer)",
         "python_execution_mode": cfg.job.python_execution_mode,
         "wall_seconds": round(time.monotonic() - t_start, 1),
     }
