@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink
 
 from sluice.config import SluiceConfig, load_config  # noqa: E402
 from sluice.kafka_util import check_transaction_timeout  # noqa: E402
-from sluice.registry import output_schema, read_schema  # noqa: E402
+from sluice.registry import RetryPolicy, output_schema, read_schema  # noqa: E402
 from sluice.udfs import INGEST_RESULT, SCORE_RESULT, DeviceRef, Ingest, ScoreWindow  # noqa: E402
 
 
@@ -176,6 +176,8 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
         dlq_schema=dlq.schema_str,
         dlq_id=dlq.schema_id,
         registry_conf=cfg.registry.client_conf(),
+        registry_retry=RetryPolicy(cfg.registry.unknown_id_retry_ms, cfg.registry.retry_backoff_ms),
+        unknown_id_cooldown_ms=cfg.registry.unknown_id_cooldown_ms,
         devices=load_devices(cfg.path(cfg.reference.devices_csv)),
         job_name=cfg.job.name,
         metric=cfg.score.metric,

@@ -98,6 +98,14 @@ class RegistryConfig(_Section):
     # Register output schemas at job start; turn off where subjects are managed
     # by CI (`sluice schemas register`) and producers may not register.
     auto_register: bool = True
+    # While the registry is unreachable, a record with a writer id the job has not
+    # seen waits up to this long (retrying with backoff from retry_backoff_ms, doubling
+    # up to 5 s), then goes to the DLQ as unknown-schema. Ids already seen keep flowing.
+    unknown_id_retry_ms: int = Field(default=30_000, ge=0)
+    retry_backoff_ms: int = Field(default=200, gt=0)
+    # After giving up on an id, later records with it are dead-lettered at once for
+    # this long (no stall per record), then the registry is asked again.
+    unknown_id_cooldown_ms: int = Field(default=10_000, ge=0)
 
     def client_conf(self) -> dict[str, str]:
         conf = {"url": self.url}
@@ -218,6 +226,17 @@ class SluiceConfig(BaseModel):
     stack: StackConfig = StackConfig()
     # Relative paths in the file are resolved against this folder.
     base_dir: Path = REPO_ROOT
+
+    @model_validator(mode="after")
+    def _registry_wait_fits_checkpoints(self) -> SluiceConfig:
+        wait, limit = self.registry.unknown_id_retry_ms, self.checkpoint.timeout_ms
+        if wait >= limit:
+            raise ValueError(
+                f"registry.unknown_id_retry_ms ({wait}) must be below checkpoint.timeout_ms "
+                f"({limit}): a record waiting for the registry holds back the checkpoint "
+                "barrier behind it. Lower the wait or raise the checkpoint timeout"
+            )
+        return self
 
     @model_validator(mode="after")
     def _exactly_once_invariant(self) -> SluiceConfig:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,15 @@ def register_all(cfg: SluiceConfig) -> dict[str, list[int]]:
     return ids
 
 
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long an unseen writer id may wait for an unreachable registry."""
+
+    bound_ms: int = 30_000
+    backoff_ms: int = 200
+    max_backoff_ms: int = 5_000
+
+
 class WriterSchemaCache:
     """Writer schemas by id, fetched once per id from the registry.
 
@@ -135,14 +146,50 @@ class WriterSchemaCache:
     not seen, this fetches it once and hands the text to Rust.
     """
 
-    def __init__(self, client_conf: dict[str, str]):
+    def __init__(
+        self,
+        client_conf: dict[str, str],
+        policy: RetryPolicy | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._conf = client_conf
         self._client: SchemaRegistryClient | None = None
+        self.policy = policy or RetryPolicy()
+        self._sleep = sleep
+        self._clock = clock
+        self.attempts = 0
+
+    def fetch_with_retry(self, schema_id: int) -> str | None:
+        """:meth:`fetch`, retried with exponential backoff while the registry is
+        unreachable; RegistryUnavailable once ``policy.bound_ms`` has passed."""
+        deadline = self._clock() + self.policy.bound_ms / 1000
+        pause = self.policy.backoff_ms / 1000
+        while True:
+            self.attempts += 1
+            try:
+                return self.fetch(schema_id)
+            except RegistryUnavailable as exc:
+                left = deadline - self._clock()
+                if left <= 0:
+                    raise RegistryUnavailable(
+                        f"{exc} (gave up after {self.policy.bound_ms} ms, {self.attempts} attempts)"
+                    ) from exc
+                self._sleep(min(pause, left))
+                pause = min(pause * 2, self.policy.max_backoff_ms / 1000)
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
     @property
     def client(self) -> SchemaRegistryClient:
         if self._client is None:
-            self._client = SchemaRegistryClient(self._conf)
+            # Retries and their bound are this class's (RetryPolicy), not the client's
+            # own (3 retries with ~1 s waits), so one attempt is one request.
+            timeout = max(1, min(10, self.policy.bound_ms // 1000 or 1))
+            self._client = SchemaRegistryClient({**self._conf, "max.retries": 0, "timeout": timeout})
         return self._client
 
     def fetch(self, schema_id: int) -> str | None:

@@ -18,7 +18,7 @@ from pyflink.common import Row
 from pyflink.table import DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction
 
-from sluice.registry import WriterSchemaCache
+from sluice.registry import RegistryUnavailable, RetryPolicy, WriterSchemaCache
 
 # Field order of the reader schema (telemetry-value v2), as the decoder returns it.
 _READER_FIELDS = (
@@ -81,6 +81,8 @@ class Ingest(ScalarFunction):
         dlq_schema: str,
         dlq_id: int,
         registry_conf: dict[str, str],
+        registry_retry: RetryPolicy,
+        unknown_id_cooldown_ms: int,
         devices: dict[str, DeviceRef],
         job_name: str,
         metric: str,
@@ -92,6 +94,8 @@ class Ingest(ScalarFunction):
         self.dlq_schema = dlq_schema
         self.dlq_id = dlq_id
         self.registry_conf = registry_conf
+        self.registry_retry = registry_retry
+        self.unknown_id_cooldown_ms = unknown_id_cooldown_ms
         self.devices = devices
         self.job_name = job_name
         self.metric_index = _READER_FIELDS.index(metric)
@@ -103,16 +107,33 @@ class Ingest(ScalarFunction):
         self.decoder = AvroDecoder(self.reader_schema)
         self.enriched_encoder = AvroEncoder(self.enriched_schema, self.enriched_id)
         self.dlq_encoder = AvroEncoder(self.dlq_schema, self.dlq_id)
-        self.writers = WriterSchemaCache(self.registry_conf)
+        self.writers = WriterSchemaCache(self.registry_conf, self.registry_retry)
         # Ids the registry does not know, or whose schema cannot be resolved to the
         # reader: remembered so a burst of them costs one registry call, not one each.
         self.bad_ids: dict[int, tuple[str, str, str]] = {}
+        # Ids given up on while the registry was unreachable: id → (retry after, failure).
+        self.unreachable: dict[int, tuple[float, tuple[str, str, str]]] = {}
+
+    def close(self) -> None:
+        self.writers.close()
 
     def _learn(self, schema_id: int) -> tuple[str, str, str] | None:
-        """Fetch an unseen writer id once and hand it to Rust; the failure, if any."""
+        """Fetch an unseen writer id once and hand it to Rust; the failure, if any.
+        An unreachable registry stalls this id at most registry_retry.bound_ms, then
+        the id is dead-lettered at once for a cool-down, so the job never stalls."""
         from sluice.native import SchemaError
 
-        text = self.writers.fetch(schema_id)
+        waiting = self.unreachable.get(schema_id)
+        if waiting is not None and time.monotonic() < waiting[0]:
+            return waiting[1]
+        try:
+            text = self.writers.fetch_with_retry(schema_id)
+        except RegistryUnavailable as exc:
+            failure = ("RegistryUnavailable", str(exc), "unknown-schema")
+            retry_at = time.monotonic() + self.unknown_id_cooldown_ms / 1000
+            self.unreachable[schema_id] = (retry_at, failure)
+            return failure
+        self.unreachable.pop(schema_id, None)
         if text is None:
             failure = ("UnknownSchemaError", f"schema id {schema_id} is not in the registry",
                        "unknown-schema")

@@ -1,0 +1,191 @@
+"""The Ingest UDF without a JVM: decode + enrich + encode, dead letters, and a
+registry that goes away and comes back (a real HTTP server on loopback)."""
+
+from __future__ import annotations
+
+import io
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import fastavro
+import pytest
+
+from sluice.registry import RetryPolicy, read_schema
+from sluice.udfs import DeviceRef, Ingest
+
+SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
+V1, V2 = read_schema(SCHEMAS / "telemetry-value/v1.avsc"), read_schema(SCHEMAS / "telemetry-value/v2.avsc")
+ENRICHED = read_schema(SCHEMAS / "telemetry.enriched-value/v1.avsc")
+DLQ = read_schema(SCHEMAS / "dlq-value/v1.avsc")
+KAFKA_TS = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
+
+
+class _Registry(BaseHTTPRequestHandler):
+    """Just enough of the Confluent API: GET /schemas/ids/<id>."""
+
+    schemas: dict[int, str] = {}
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        parts = self.path.split("?")[0].strip("/").split("/")
+        if parts[:2] == ["schemas", "ids"] and int(parts[2]) in self.schemas:
+            body = json.dumps({"schema": self.schemas[int(parts[2])]}).encode()
+            self.send_response(200)
+        else:
+            body = json.dumps({"error_code": 40403, "message": "Schema not found"}).encode()
+            self.send_response(404)
+        self.send_header("Content-Type", "application/vnd.schemaregistry.v1+json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def port() -> int:
+    return _free_port()
+
+
+@pytest.fixture
+def registry(port: int) -> Iterator[ThreadingHTTPServer]:
+    _Registry.schemas = {1: V1, 2: V2}
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Registry)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _ingest(port: int, bound_ms: int = 300, cooldown_ms: int = 10_000) -> Ingest:
+    udf = Ingest(
+        reader_schema=V2, enriched_schema=ENRICHED, enriched_id=10, dlq_schema=DLQ, dlq_id=11,
+        registry_conf={"url": f"http://127.0.0.1:{port}"},
+        registry_retry=RetryPolicy(bound_ms=bound_ms, backoff_ms=50),
+        unknown_id_cooldown_ms=cooldown_ms,
+        devices={"dev-1": DeviceRef("plant-north", "VX-100", 75.0)},
+        job_name="unit", metric="temperature_c", default_threshold=80.0,
+    )
+    udf.open(None)  # type: ignore[arg-type]
+    return udf
+
+
+def _framed(schema: str, schema_id: int, record: dict) -> bytes:
+    buf = io.BytesIO()
+    fastavro.schemaless_writer(buf, fastavro.parse_schema(json.loads(schema)), record)
+    return b"\x00" + schema_id.to_bytes(4, "big") + buf.getvalue()
+
+
+READING = {"event_id": "e1", "device_id": "dev-1", "ts": 1_700_000_000_000, "temperature_c": 70.5,
+           "vibration_rms": 1.25, "status": "OK"}
+
+
+def _read(schema: str, framed: bytes) -> dict:
+    return fastavro.schemaless_reader(io.BytesIO(framed[5:]), fastavro.parse_schema(json.loads(schema)))
+
+
+def test_v1_record_is_decoded_to_the_v2_reader_enriched_and_encoded(registry, port: int) -> None:
+    udf = _ingest(port)
+    row = udf.eval(_framed(V1, 1, READING), "telemetry", 0, 7, KAFKA_TS)
+    ok, key, value, device, site, metric, threshold, reason = row
+    assert (ok, key, device, site, metric, threshold, reason) == (
+        True, "dev-1", "dev-1", "plant-north", 70.5, 75.0, None)
+    assert value[:5] == b"\x00" + (10).to_bytes(4, "big")
+    out = _read(ENRICHED, value)
+    assert out["humidity_pct"] is None and out["firmware"] is None  # v2 defaults
+    assert (out["writer_schema_id"], out["source_partition"], out["source_offset"]) == (1, 0, 7)
+    assert out["device_model"] == "VX-100"
+
+
+def test_unknown_device_is_enriched_with_nulls_and_the_default_threshold(registry, port: int) -> None:
+    udf = _ingest(port)
+    row = udf.eval(_framed(V1, 1, {**READING, "device_id": "dev-x"}), "telemetry", 0, 1, KAFKA_TS)
+    assert row[0] is True and row[4] is None and row[6] == 80.0
+    assert _read(ENRICHED, row[2])["site_id"] is None
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (b"", "empty"),
+        (None, "empty"),
+        (b"not avro", "bad-magic"),
+        (b"\x00\x00\x00", "truncated"),
+        (b"\x00\x00\x00\x03\xe7" + b"\x02a", "unknown-schema"),  # id 999 is not in the registry
+    ],
+)
+def test_bad_input_becomes_a_dead_letter_with_its_bytes_and_reason(
+    registry, port: int, value: bytes | None, reason: str
+) -> None:
+    udf = _ingest(port)
+    row = udf.eval(value, "telemetry", 1, 42, KAFKA_TS)
+    assert row[0] is False and row[7] == reason
+    assert row[1] == "telemetry/1/42"
+    dead = _read(DLQ, row[2])
+    assert dead["original_value"] == value
+    assert (dead["source_topic"], dead["source_partition"], dead["source_offset"]) == ("telemetry", 1, 42)
+    assert dead["reason"] == reason and dead["detail"] and dead["job"] == "unit"
+    assert dead["source_timestamp"] == datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def test_truncated_body_of_a_known_id_is_dead_lettered(registry, port: int) -> None:
+    udf = _ingest(port)
+    good = _framed(V1, 1, READING)
+    assert udf.eval(good, "t", 0, 0, KAFKA_TS)[0] is True
+    row = udf.eval(good[:-3], "t", 0, 1, KAFKA_TS)
+    assert (row[0], row[7]) == (False, "truncated")
+    assert _read(DLQ, row[2])["schema_id"] == 1
+
+
+def test_registry_outage_known_ids_flow_unseen_ids_wait_bounded_then_dlq(port: int) -> None:
+    """Registry down (nothing listens on the port): an id seen before keeps flowing;
+    an unseen id waits ~bound_ms with retries, then is dead-lettered; during the
+    cool-down the same id is dead-lettered without waiting again."""
+    udf = _ingest(port, bound_ms=400, cooldown_ms=60_000)
+    udf.decoder.add_writer_schema(1, V1)  # learnt before the outage
+    assert udf.eval(_framed(V1, 1, READING), "t", 0, 0, KAFKA_TS)[0] is True
+
+    t0 = time.monotonic()
+    row = udf.eval(_framed(V2, 2, READING), "t", 0, 1, KAFKA_TS)
+    waited = time.monotonic() - t0
+    assert (row[0], row[7]) == (False, "unknown-schema")
+    assert 0.35 <= waited < 5, waited
+    assert udf.writers.attempts >= 3, "it must retry with backoff, not give up at once"
+    dead = _read(DLQ, row[2])
+    assert dead["error_class"] == "RegistryUnavailable" and "gave up after 400 ms" in dead["detail"]
+
+    t0 = time.monotonic()
+    again = udf.eval(_framed(V2, 2, READING), "t", 0, 2, KAFKA_TS)
+    assert (again[0], again[7]) == (False, "unknown-schema")
+    assert time.monotonic() - t0 < 0.2, "no second stall during the cool-down"
+    assert udf.eval(_framed(V1, 1, READING), "t", 0, 3, KAFKA_TS)[0] is True
+
+
+def test_registry_back_after_the_cool_down_decodes_the_id_again(port: int) -> None:
+    udf = _ingest(port, bound_ms=100, cooldown_ms=0)
+    assert udf.eval(_framed(V2, 2, READING), "t", 0, 1, KAFKA_TS)[7] == "unknown-schema"
+    _Registry.schemas = {2: V2}
+    server = ThreadingHTTPServer(("127.0.0.1", port), _Registry)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        row = udf.eval(_framed(V2, 2, {**READING, "humidity_pct": 40.0, "firmware": "1.5.0"}),
+                       "t", 0, 2, KAFKA_TS)
+        assert row[0] is True
+        assert _read(ENRICHED, row[2])["firmware"] == "1.5.0"
+    finally:
+        server.shutdown()
+        server.server_close()
+    udf.close()
