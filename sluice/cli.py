@@ -147,8 +147,9 @@ def demo(
         raise typer.Exit(1) from None
     finally:
         if started and not keep_stack:
-            down(run_dir)
-            console.print("stopped the local stack this demo started")
+            stopped = down(run_dir)
+            if stopped:
+                console.print(f"stopped what this demo started: {', '.join(stopped)}")
     if not summary["balanced"] or summary["records_out"] == 0:
         console.print("[red]the demo's output does not balance its input[/red]")
         raise typer.Exit(1)
