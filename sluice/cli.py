@@ -114,6 +114,41 @@ def schemas_register(config: ConfigOpt = None) -> None:
         console.print(f"{subject}: ids {versions}")
 
 
+@schemas_app.command("check")
+def schemas_check(
+    config: ConfigOpt = None,
+    registry: Annotated[str | None, typer.Option(
+        "--registry", help="also ask this registry (Confluent API URL) whether each latest version passes",
+    )] = None,
+    base: Annotated[str | None, typer.Option(
+        "--base", help="git ref: versions published there must not change; new ones are checked against them",
+    )] = None,
+) -> None:
+    """Check every schema version against its predecessors under the subject's compatibility level."""
+    from rich.markup import escape
+
+    from sluice.schemas_check import SchemasCheckError, check, summary
+
+    cfg = _config(config)
+    try:
+        result = check(cfg, registry_url=registry, base=base)
+    except SchemasCheckError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    if result.findings:
+        t = Table(title="sluice schemas check")
+        for col in ("subject", "versions", "rule", "message"):
+            t.add_column(col, overflow="fold")
+        colour = {"error": "red", "warning": "yellow", "info": "green"}
+        for f in result.findings:
+            t.add_row(escape(f.subject), ", ".join(f"v{v}" for v in f.versions) or "-",
+                      f"[{colour[f.severity]}]{f.rule}[/]", escape(f.message))
+        console.print(t)
+    console.print(("[red]" if result.failures else "[green]") + summary(result))
+    if result.failures:
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     config: ConfigOpt = None,

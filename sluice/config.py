@@ -130,7 +130,7 @@ class TopicsConfig(_Section):
 class SchemasConfig(_Section):
     dir: Path = Path("schemas")
     # The job's reader schema for telemetry: every writer version resolves to it.
-    telemetry_reader: str = "telemetry-value/v2.avsc"
+    telemetry_reader: str = "telemetry-value/v3.avsc"
     enriched: str = "telemetry.enriched-value/v1.avsc"
     scores: str = "scores-value/v1.avsc"
     alerts: str = "alerts-value/v1.avsc"
@@ -175,7 +175,7 @@ class WindowConfig(_Section):
 
 
 class ScoreConfig(_Section):
-    metric: Literal["temperature_c", "vibration_rms"] = "temperature_c"
+    metric: Literal["temperature_c", "vibration_rms_g"] = "temperature_c"
     # Used for devices whose reference row has no max_temperature_c.
     default_threshold: float = 80.0
     model_version: str = "threshold-v0"
@@ -186,13 +186,22 @@ class ReferenceConfig(_Section):
 
 
 class GeneratorConfig(_Section):
+    @field_validator("writer_weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 and at least one > 0, e.g. {v1: 1, v2: 1, v3: 1}")
+        return v
+
     seed: int = 42
     records: int = Field(default=6_000, ge=0)
     devices: int = Field(default=20, ge=1)
     # Events per second for live runs (demo); 0 means as fast as possible.
     rate_eps: float = Field(default=1_000.0, ge=0)
-    # Share of v1 writers; the rest write v2 (both on the same topic at once).
-    v1_share: float = Field(default=0.5, ge=0, le=1)
+    # Relative weights of the writer schema versions producing at the same time.
+    writer_weights: dict[Literal["v1", "v2", "v3"], float] = Field(
+        default_factory=lambda: {"v1": 0.3, "v2": 0.4, "v3": 0.3}
+    )
     # Fraction of devices that overheat (produce alerts).
     hot_device_share: float = Field(default=0.15, ge=0, le=1)
     corrupt_non_avro: int = Field(default=3, ge=0)

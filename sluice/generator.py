@@ -1,6 +1,6 @@
 """Seeded synthetic telemetry, produced through the schema registry.
 
-v1 and v2 writers produce to the same topic at once (one idempotent producer,
+v1, v2 and v3 writers produce to the same topic at once (one idempotent producer,
 one AvroSerializer per writer schema, so per-partition order is the generation
 order). A few corrupt records are mixed in: non-Avro bytes, an unknown schema
 id, a truncated body. The returned :class:`Generated` is the input an
@@ -47,20 +47,23 @@ class Reading:
     status: str
     humidity_pct: float | None
     firmware: str | None
-    writer: str  # "v1" or "v2"
+    sample_count: int
+    writer: str  # "v1", "v2" or "v3"
 
     def as_avro(self) -> dict[str, Any]:
-        d = {
+        """The record as its writer version spells it (v3 renamed vibration_rms)."""
+        d: dict[str, Any] = {
             "event_id": self.event_id,
             "device_id": self.device_id,
             "ts": self.ts,
             "temperature_c": self.temperature_c,
-            "vibration_rms": self.vibration_rms,
+            "vibration_rms_g" if self.writer == "v3" else "vibration_rms": self.vibration_rms,
             "status": self.status,
         }
-        if self.writer == "v2":
+        if self.writer != "v1":
             d["humidity_pct"] = self.humidity_pct
             d["firmware"] = self.firmware
+            d["sample_count"] = self.sample_count
         return d
 
 
@@ -92,22 +95,27 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Reading | 
     n_hot = round(len(devices) * g.hot_device_share)
     hot = set(rng.sample(devices, n_hot))
     base_temp = {d: rng.uniform(40.0, 60.0) for d in devices}
+    versions = sorted(g.writer_weights)
+    weights = [g.writer_weights[v] for v in versions]
     items: list[Reading | Corrupt] = []
     for i in range(g.records):
         dev = devices[rng.randrange(len(devices))]
         ts = start_ms + int(i * step_ms)
-        temp = base_temp[dev] + rng.gauss(0, 3) + (45.0 if dev in hot else 0.0)
-        writer = "v1" if rng.random() < g.v1_share else "v2"
+        temp = round(base_temp[dev] + rng.gauss(0, 3) + (45.0 if dev in hot else 0.0), 2)
+        writer = rng.choices(versions, weights=weights)[0]
+        statuses = ["OK", "WARN", "FAULT"] + (["MAINTENANCE"] if writer == "v3" else [])
         items.append(
             Reading(
                 event_id=f"{g.seed}-{i:08d}",
                 device_id=dev,
                 ts=ts,
-                temperature_c=f32(round(temp, 2)),
+                # v1/v2 write a float, v3 a double (the promotion the reader resolves).
+                temperature_c=temp if writer == "v3" else f32(temp),
                 vibration_rms=f32(round(abs(rng.gauss(1.5, 0.4)), 3)),
-                status=rng.choices(["OK", "WARN", "FAULT"], weights=[90, 8, 2])[0],
-                humidity_pct=round(rng.uniform(20, 80), 1) if writer == "v2" else None,
-                firmware=rng.choice(["1.4.2", "1.5.0", None]) if writer == "v2" else None,
+                status=rng.choices(statuses, weights=[88, 8, 2, 2][: len(statuses)])[0],
+                humidity_pct=round(rng.uniform(20, 80), 1) if writer != "v1" else None,
+                firmware=rng.choice(["1.4.2", "1.5.0", None]) if writer != "v1" else None,
+                sample_count=rng.randint(1, 64) if writer != "v1" else 1,
                 writer=writer,
             )
         )
@@ -137,7 +145,7 @@ class _Serializers:
                 lambda obj, ctx: obj,
                 conf,
             )
-            for v in ("v1", "v2")
+            for v in ("v1", "v2", "v3")
         }
         self.topic = cfg.topics.telemetry
 
@@ -145,9 +153,10 @@ class _Serializers:
         ctx = SerializationContext(self.topic, MessageField.VALUE)
         return self.by_writer[r.writer](r.as_avro(), ctx)
 
-    def corrupt(self, c: Corrupt, template: bytes) -> bytes:
+    def corrupt(self, c: Corrupt, template: bytes, n: int) -> bytes:
+        """Corrupt bytes, unique per position ``n`` so every one can be traced in the DLQ."""
         if c.kind == "non-avro":
-            return b"this is not avro: " + c.device_id.encode()
+            return f"this is not avro: {c.device_id} #{n}".encode()
         if c.kind == "unknown-schema":
             return b"\x00" + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + template[5:]
         if c.kind == "truncated":
@@ -195,9 +204,9 @@ def produce(
         else:
             if not last_template:  # a corrupt record first: build a template
                 last_template = ser.reading(
-                    Reading("template", item.device_id, ts, 0.0, 0.0, "OK", None, None, "v1")
+                    Reading("template", item.device_id, ts, 0.0, 0.0, "OK", None, None, 1, "v1")
                 )
-            value = ser.corrupt(item, last_template)
+            value = ser.corrupt(item, last_template, n)
             item = Corrupt(item.kind, item.device_id, ts, value)
             out.corrupt.append(item)
         while True:

@@ -20,10 +20,10 @@ from pyflink.table.udf import FunctionContext, ScalarFunction
 
 from sluice.registry import RegistryUnavailable, RetryPolicy, WriterSchemaCache
 
-# Field order of the reader schema (telemetry-value v2), as the decoder returns it.
+# Field order of the reader schema (telemetry-value v3), as the decoder returns it.
 _READER_FIELDS = (
-    "event_id", "device_id", "ts", "temperature_c", "vibration_rms", "status",
-    "humidity_pct", "firmware",
+    "event_id", "device_id", "ts", "temperature_c", "vibration_rms_g", "status",
+    "humidity_pct", "firmware", "sample_count",
 )
 
 INGEST_RESULT = DataTypes.ROW(
@@ -173,7 +173,7 @@ class Ingest(ScalarFunction):
         return self._enriched(rec, schema_id, partition, offset)
 
     def _enriched(self, rec: tuple, schema_id: int, partition: int, offset: int) -> Row:
-        event_id, device_id, ts, temp, vib, status, humidity, firmware = rec
+        event_id, device_id, ts, temp, vib, status, humidity, firmware, _samples = rec
         ref = self.devices.get(device_id)
         site = model = max_temp = None
         if ref is not None:

@@ -23,7 +23,7 @@ def mini_run(request, stack: SluiceConfig, tmp_path_factory) -> tuple[SluiceConf
         generator={"records": RECORDS},
     )
     gen = produce_input(cfg)
-    assert gen.corrupt and {r.writer for r in gen.readings} == {"v1", "v2"}
+    assert gen.corrupt and {r.writer for r in gen.readings} == {"v1", "v2", "v3"}
     cfg_path = write_config(cfg, tmp_path_factory.mktemp(mode))
     # Thread mode once hung forever with numpy inside a UDF: the timeout turns a
     # hang into a failure instead of a stuck CI run.

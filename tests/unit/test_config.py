@@ -79,7 +79,7 @@ def test_unknown_key_from_env_names_dotted_key(tmp_path: Path) -> None:
         ({"job": {"startup_mode": "sometimes"}}, "job.startup_mode"),
         ({"topics": {"partitions": [1]}}, "topics.partitions"),
         ({"kafka": {"properties": ["a", "b"]}}, "kafka.properties"),
-        ({"generator": {"v1_share": 1.5}}, "generator.v1_share"),
+        ({"generator": {"writer_weights": {"v1": -1}}}, "generator.writer_weights"),
     ],
 )
 def test_wrong_type_names_key(tmp_path: Path, data: dict, dotted: str) -> None:

@@ -172,19 +172,24 @@ def test_plan_readings_are_well_formed() -> None:
     cfg = gen_cfg(seed=42)
     readings = [i for i in plan(cfg, start_ms=0, step_ms=1) if isinstance(i, Reading)]
     assert len({r.event_id for r in readings}) == len(readings)
-    assert {r.writer for r in readings} == {"v1", "v2"}
+    assert {r.writer for r in readings} == {"v1", "v2", "v3"}
     assert {r.device_id for r in readings} <= {f"dev-{i:04d}" for i in range(12)}
+    assert any(r.status == "MAINTENANCE" for r in readings)
+    assert any(f32(r.temperature_c) != r.temperature_c for r in readings if r.writer == "v3")
     for r in readings:
-        assert r.status in ("OK", "WARN", "FAULT")
-        assert f32(r.temperature_c) == r.temperature_c  # exactly representable as Avro float
-        assert f32(r.vibration_rms) == r.vibration_rms
+        assert f32(r.vibration_rms) == r.vibration_rms  # a float in every version
         if r.writer == "v1":
-            assert (r.humidity_pct, r.firmware) == (None, None)
+            assert (r.humidity_pct, r.firmware, r.sample_count) == (None, None, 1)
             assert set(r.as_avro()) == {"event_id", "device_id", "ts", "temperature_c",
                                         "vibration_rms", "status"}
         else:
             assert r.humidity_pct is not None and 20 <= r.humidity_pct <= 80
-            assert "firmware" in r.as_avro()
+            assert "firmware" in r.as_avro() and 1 <= r.as_avro()["sample_count"] <= 64
+        if r.writer == "v3":
+            assert "vibration_rms_g" in r.as_avro() and "vibration_rms" not in r.as_avro()
+        else:
+            assert r.status in ("OK", "WARN", "FAULT")
+            assert f32(r.temperature_c) == r.temperature_c  # exactly representable as Avro float
 
 
 def test_plan_with_no_readings() -> None:
@@ -298,7 +303,7 @@ def test_schema_versions_numeric_order(tmp_path: Path) -> None:
     (subject / "notes.txt").write_text("not a schema")
     got = [p.name for p in schema_versions(tmp_path, "s-value")]
     assert got == ["v1.avsc", "v2.avsc", "v9.avsc", "v10.avsc", "v11.avsc"]
-    assert [p.name for p in schema_versions(SCHEMAS, "telemetry-value")] == ["v1.avsc", "v2.avsc"]
+    assert [p.name for p in schema_versions(SCHEMAS, "telemetry-value")] == ["v1.avsc", "v2.avsc", "v3.avsc"]
 
 
 def _compat(reader: Path | str, writer: Path | str) -> SchemaCompatibilityType:

@@ -636,7 +636,7 @@ def test_v1_record_gets_v2_defaults() -> None:
            "temperature_c": 21.5, "vibration_rms": 1.25, "status": "WARN"}
     dec = telemetry_decoder("dict")
     _, got = dec.decode(frame(1, fa_write(V1, rec)))
-    assert got == {**rec, "humidity_pct": None, "firmware": None}
+    assert got == {**rec, "humidity_pct": None, "firmware": None, "sample_count": 1}
     assert list(got) == dec.reader_field_names
 
 
