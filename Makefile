@@ -14,7 +14,7 @@ APICURIO    := io.apicurio:apicurio-registry-app:3.3.3:tar.gz:all
 RUST_SRC    := $(shell find udfs_rs/src -name '*.rs') udfs_rs/Cargo.toml udfs_rs/Cargo.lock
 PYTEST      := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: help setup deps build demo test test-quick test-integration test-e2e cargo-test \
+.PHONY: help setup deps build demo test test-quick schemas-check cargo-test \
         bench stack-up stack-down stack-status lint clean distclean
 
 help: ## show this help
@@ -74,7 +74,10 @@ cargo-test: $(VENV)/.installed ## Rust unit tests
 test-quick: $(VENV)/.installed ## unit tests only (no JVM, seconds)
 	$(PYTEST) tests/unit -q
 
-test: setup cargo-test ## cargo test + unit + integration + e2e on the real local stack
+schemas-check: $(VENV)/.installed ## every schema version against its predecessors (Avro resolution rules)
+	$(VENV)/bin/sluice schemas check
+
+test: setup cargo-test schemas-check ## cargo test + schema checks + unit + integration + e2e on the real local stack
 	$(PYTEST) tests/unit tests/integration tests/e2e -m "not bench" -q -rfEs
 
 bench: setup ## benchmarks (never part of `make test`)
