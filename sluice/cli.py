@@ -191,6 +191,36 @@ def demo(
 
 
 @app.command()
+def submit(
+    config: ConfigOpt = None,
+    detached: Annotated[bool, typer.Option("--detached", "-d", help="return once submitted")] = False,
+    dry_run: Annotated[bool, typer.Option(help="print the `flink run` command only")] = False,
+) -> None:
+    """Submit jobs/pipeline.py with `flink run` to the cluster FLINK_CONF_DIR names
+    (default: the local stack's standalone cluster)."""
+    import os
+    import shlex
+    import subprocess
+
+    from sluice.config import dump_config
+    from sluice.flink import flink_run_command
+    from sluice.stack import status
+
+    cfg = _config(config)
+    conf_dir = os.environ.get("FLINK_CONF_DIR") or status(cfg.path(cfg.stack.run_dir)).flink_conf_dir
+    if not conf_dir:
+        console.print("[red]no Flink cluster: set FLINK_CONF_DIR or run `sluice stack up --flink`[/red]")
+        raise typer.Exit(2)
+    # The job reads the config on the client; pass the validated one (secrets stay in env).
+    cfg_path = config.resolve() if config else dump_config(cfg, cfg.path(cfg.stack.run_dir) / "submit.yaml")
+    cmd = flink_run_command(cfg, cfg_path, detached=detached)
+    console.print(f"FLINK_CONF_DIR={conf_dir} {shlex.join(cmd)}", soft_wrap=True)
+    if dry_run:
+        return
+    raise typer.Exit(subprocess.call(cmd, env={**os.environ, "FLINK_CONF_DIR": str(conf_dir)}))
+
+
+@app.command()
 def generate(
     config: ConfigOpt = None,
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,

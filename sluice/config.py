@@ -107,8 +107,11 @@ class RegistryConfig(_Section):
     # this long (no stall per record), then the registry is asked again.
     unknown_id_cooldown_ms: int = Field(default=10_000, ge=0)
 
-    def client_conf(self) -> dict[str, str]:
-        conf = {"url": self.url}
+    # Seconds one registry request may take: without it a lost answer blocks forever.
+    timeout_s: int = Field(default=30, gt=0)
+
+    def client_conf(self) -> dict[str, Any]:
+        conf: dict[str, Any] = {"url": self.url, "timeout": self.timeout_s}
         if self.basic_auth is not None:
             conf["basic.auth.user.info"] = self.basic_auth.get_secret_value()
         return conf

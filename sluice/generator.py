@@ -137,7 +137,10 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Reading | 
 class _Serializers:
     def __init__(self, cfg: SluiceConfig):
         self.client = client = SchemaRegistryClient(cfg.registry.client_conf())
-        conf = {"auto.register.schemas": True}
+        # TopicNameStrategy outright: confluent-kafka 2.16 defaults to ASSOCIATED, which
+        # first asks GET /associations/..., an endpoint Apicurio 3.3 lacks and whose
+        # 404 answers sometimes never arrive (the subject is <topic>-value either way).
+        conf = {"auto.register.schemas": True, "subject.name.strategy.type": "TOPIC"}
         self.by_writer = {
             v: AvroSerializer(
                 client,
@@ -156,7 +159,7 @@ class _Serializers:
     def corrupt(self, c: Corrupt, template: bytes, n: int) -> bytes:
         """Corrupt bytes, unique per position ``n`` so every one can be traced in the DLQ."""
         if c.kind == "non-avro":
-            return f"this is not avro: {c.device_id} #{n}".encode()
+            return f"this is not avro: {c.device_id} @{c.ts} #{n}".encode()
         if c.kind == "unknown-schema":
             return b"\x00" + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + template[5:]
         if c.kind == "truncated":

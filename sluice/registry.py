@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
@@ -148,7 +149,7 @@ class WriterSchemaCache:
 
     def __init__(
         self,
-        client_conf: dict[str, str],
+        client_conf: dict[str, Any],
         policy: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,

@@ -80,7 +80,7 @@ class Ingest(ScalarFunction):
         enriched_id: int,
         dlq_schema: str,
         dlq_id: int,
-        registry_conf: dict[str, str],
+        registry_conf: dict[str, Any],
         registry_retry: RetryPolicy,
         unknown_id_cooldown_ms: int,
         devices: dict[str, DeviceRef],

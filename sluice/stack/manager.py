@@ -609,6 +609,7 @@ def up(
             else:
                 if rec:
                     say(f"{name}: dropping stale record (pid {rec.get('pid')} is gone)")
+                    _kill_orphans(name, rec, run_dir, say)
                     comps.pop(name)
                 to_start.append(name)
         _save_state(run_dir, state)
@@ -775,6 +776,22 @@ def _wait_healthy(
             say(f"{name}: waiting until healthy (up to {limit:.0f} s)")
             said_waiting = True
         time.sleep(0.5)
+
+
+def _kill_orphans(name: str, rec: Mapping[str, Any], run_dir: Path, say: Progress) -> None:
+    """Children a crashed component left behind in its process group (a killed
+    TaskManager's Python UDF workers): ours by the run-dir marker in their environment."""
+    orphans = procs.owned_orphans(int(rec.get("pgid", rec.get("pid", 0)) or 0), str(run_dir))
+    if not orphans:
+        return
+    pgid = int(rec.get("pgid", rec.get("pid", 0)) or 0)
+    say(f"{name}: ending {len(orphans)} orphaned process(es) of the dead component: {orphans}")
+    for sig in (procs.SIGTERM, procs.SIGKILL):
+        for pid in procs.owned_orphans(pgid, str(run_dir)):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, sig)
+        if not procs.wait_gone([(0, pgid, ["\0never"])], timeout=5, run_dir=str(run_dir)):
+            return
 
 
 def _stop(

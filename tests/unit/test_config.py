@@ -117,7 +117,7 @@ def test_env_overrides_apply() -> None:
     # keys not overridden keep the file's values
     assert cfg.job.name == "sluice-pipeline"
     assert cfg.window.size_ms == 5000
-    assert cfg.registry.client_conf() == {"url": "https://registry.example:8081"}
+    assert cfg.registry.client_conf() == {"url": "https://registry.example:8081", "timeout": 30}
     props = cfg.kafka.client_properties()
     assert props["bootstrap.servers"] == "broker-a:9092,broker-b:9092"
     assert props["security.protocol"] == "SASL_SSL"
