@@ -41,6 +41,27 @@ Decode error reason codes (``DecodeError.reason``), a small fixed set:
   (:class:`TypeMismatchError`).
 * ``"trailing-bytes"`` – bytes are left after the top-level value (:class:`TrailingBytesError`).
 
+Sensor frames (:class:`FrameDecoder`, format in ``docs/formats.md``) and maintenance
+events (:class:`EventDecoder`) use the same :class:`DecodeError` hierarchy (``schema_id`` is
+always ``None`` for them) with these reasons in addition to the ones above:
+
+* ``"unsupported-version"`` – the frame's version byte is not 1 (:class:`UnsupportedVersionError`).
+* ``"bad-crc"`` – the frame's CRC-32 does not match its bytes (:class:`BadCrcError`).
+* ``"invalid-utf8"`` – a frame's device id or an event document is not valid UTF-8; ``offset``
+  is the first invalid byte (:class:`InvalidUtf8Error`).
+* ``"oversized"`` – an event document is longer than ``max_bytes`` (:class:`OversizedError`).
+* ``"too-deep"`` – an event document nests arrays/objects deeper than ``max_depth``
+  (:class:`TooDeepError`).
+* ``"malformed-json"`` – not valid JSON, top level not an object, a duplicate object key at
+  any depth, a lone surrogate ``\\u`` escape, or a number outside the f64 range
+  (:class:`MalformedJsonError`).
+* ``"missing-field"`` – a required event field is absent (:class:`MissingFieldError`).
+
+For frames and events ``"type-mismatch"`` means a field has a value outside its domain (frame
+flags, lengths, rate, sample count; event field types, unknown ``kind``, non-positive ``qty``)
+and the message names the field; ``"truncated"`` / ``"trailing-bytes"`` / ``"empty"`` /
+``"bad-magic"`` mean what they mean for Avro.
+
 Encode error reason codes (``EncodeError.reason``): ``"wrong-type"``, ``"out-of-range"``,
 ``"missing-field"``, ``"unknown-symbol"``.
 
@@ -49,22 +70,33 @@ decoder's writer table, which is internally locked; instances may be shared acro
 threads. The module never acquires the GIL on its own (safe in PyFlink thread mode).
 """
 
+from collections.abc import Sequence
 from typing import Any, Final, Literal, Self, final
 
 __all__ = [
     "AvroDecoder",
     "AvroEncoder",
+    "BadCrcError",
     "BadMagicError",
     "DecodeError",
     "EmptyMessageError",
     "EncodeError",
+    "EventDecoder",
+    "FrameDecoder",
+    "InvalidUtf8Error",
+    "MalformedJsonError",
+    "MissingFieldError",
+    "OversizedError",
     "SchemaError",
     "SluiceError",
+    "TooDeepError",
     "TrailingBytesError",
     "TruncatedError",
     "TypeMismatchError",
     "UnknownSchemaError",
+    "UnsupportedVersionError",
     "__version__",
+    "encode_frame",
     "parse_confluent_header",
 ]
 
@@ -90,15 +122,18 @@ class DecodeError(SluiceError):
 
     reason: str | None
     """One of ``"empty"``, ``"bad-magic"``, ``"unknown-schema"``, ``"truncated"``,
-    ``"type-mismatch"``, ``"trailing-bytes"`` (``None`` only on a bare ``DecodeError``
-    constructed by hand)."""
+    ``"type-mismatch"``, ``"trailing-bytes"`` (Avro, frames, events), ``"unsupported-version"``,
+    ``"bad-crc"`` (frames), ``"invalid-utf8"`` (frames, events), ``"oversized"``,
+    ``"too-deep"``, ``"malformed-json"``, ``"missing-field"`` (events) (``None`` only on a
+    bare ``DecodeError`` constructed by hand)."""
     schema_id: int | None
     """Writer schema id of the message, once known (``None`` for header errors)."""
     offset: int | None
     """Byte offset in the input where decoding failed (the start of the item that could
     not be read). For :meth:`AvroDecoder.decode` offsets count the 5 header bytes; for
-    :meth:`AvroDecoder.decode_body` they are relative to the body. ``None`` for
-    ``"unknown-schema"``."""
+    :meth:`AvroDecoder.decode_body` they are relative to the body; for frames and event
+    documents they count from the first byte of ``data``. ``None`` for ``"unknown-schema"``
+    and for a missing top-level event field."""
 
 class EmptyMessageError(DecodeError):
     """reason ``"empty"``: the message has no bytes."""
@@ -130,6 +165,51 @@ class TypeMismatchError(DecodeError):
 
 class TrailingBytesError(DecodeError):
     """reason ``"trailing-bytes"``: bytes are left over after the top-level value."""
+
+    reason: str
+
+class UnsupportedVersionError(DecodeError):
+    """reason ``"unsupported-version"``: the sensor frame's version byte (offset 2) is not 1."""
+
+    reason: str
+
+class BadCrcError(DecodeError):
+    """reason ``"bad-crc"``: the CRC-32 stored at the end of the sensor frame does not match
+    the one computed over the preceding bytes (``offset`` = the CRC field). The message shows
+    the expected (computed) and the actual (stored) value."""
+
+    reason: str
+
+class InvalidUtf8Error(DecodeError):
+    """reason ``"invalid-utf8"``: a frame's device id or an event document is not valid UTF-8
+    (``offset`` = the first invalid byte)."""
+
+    reason: str
+
+class OversizedError(DecodeError):
+    """reason ``"oversized"``: the event document is longer than the decoder's ``max_bytes``
+    (checked before parsing; ``offset`` = ``max_bytes``)."""
+
+    reason: str
+
+class TooDeepError(DecodeError):
+    """reason ``"too-deep"``: the event document nests arrays/objects deeper than the
+    decoder's ``max_depth`` (``offset`` = the bracket that went one level too deep)."""
+
+    reason: str
+
+class MalformedJsonError(DecodeError):
+    """reason ``"malformed-json"``: the event document is not valid JSON, its top level is
+    not an object, an object (at any depth) has a duplicate key (``"duplicate key 'x'"``,
+    keys compared after unescaping), a string has a lone surrogate ``\\u`` escape, or a
+    number does not fit an f64. The message has the line and column, ``offset`` the byte."""
+
+    reason: str
+
+class MissingFieldError(DecodeError):
+    """reason ``"missing-field"``: a required event field (``event_id``, ``device_id``, ``ts``,
+    ``kind``; ``part_no`` / ``qty`` in a part) is absent; the message names it. ``offset`` is
+    ``None`` for top-level fields and the part's offset for part keys."""
 
     reason: str
 
@@ -247,3 +327,100 @@ def parse_confluent_header(data: bytes) -> tuple[int, int]:
     """Parse the 5-byte Confluent header of ``data`` and return ``(schema_id, 5)`` (the
     body offset). Raises :class:`EmptyMessageError`, :class:`BadMagicError` or
     :class:`TruncatedError` (all :class:`DecodeError`)."""
+
+@final
+class FrameDecoder:
+    """Decodes binary sensor frames (``sensor-frames`` topic, format v1; the byte layout is
+    in ``docs/formats.md``): magic ``b"SF"``, version 1, flags 0, device id (1..64 bytes of
+    UTF-8), ``ts_ms`` (i64), ``sample_rate_hz`` (u32 > 0), ``n_samples`` (u16) big-endian f32
+    samples and a CRC-32 (``zlib.crc32``) of all preceding bytes, everything big-endian.
+
+    The CRC is verified before any field value is trusted: only magic, version and the two
+    length fields are read first (a corrupted length gives ``"truncated"`` /
+    ``"trailing-bytes"``, a corrupted payload ``"bad-crc"``).
+    """
+
+    def __new__(cls, max_samples: int = 4096) -> Self:
+        """``max_samples`` (1..=4096, ``ValueError`` otherwise) is the largest ``n_samples``
+        accepted; larger frames raise :class:`TypeMismatchError`."""
+
+    @property
+    def max_samples(self) -> int:
+        """The limit passed to the constructor."""
+
+    def decode(self, data: bytes) -> tuple[str, int, int, int, float, float, float]:
+        """Decode one frame → ``(device_id, ts_ms, sample_rate_hz, n_samples, rms, peak_abs,
+        mean)``.
+
+        The statistics are computed in one pass in f64, in sample order: ``s += x``,
+        ``q += x * x``, ``rms = sqrt(q / n)``, ``mean = s / n``, ``peak_abs = max |x|``.
+        NaN/inf samples are accepted: a NaN makes all three NaN, infinities propagate as IEEE
+        754 says (``+inf`` with ``-inf`` gives a NaN mean).
+
+        Raises :class:`EmptyMessageError`, :class:`BadMagicError`,
+        :class:`UnsupportedVersionError`, :class:`TruncatedError`,
+        :class:`TrailingBytesError`, :class:`BadCrcError`, :class:`TypeMismatchError`
+        (non-zero flags, ``device_id_len`` 0 or > 64, ``sample_rate_hz`` 0, ``n_samples`` 0
+        or > ``max_samples``) or :class:`InvalidUtf8Error`. ``data`` must be ``bytes``.
+        """
+
+    def samples(self, data: bytes) -> list[float]:
+        """The samples of a frame (validated exactly like :meth:`decode`), widened from f32
+        to float exactly."""
+
+def encode_frame(
+    device_id: str,
+    ts_ms: int,
+    sample_rate_hz: int,
+    samples: Sequence[float],
+    version: int = 1,
+) -> bytes:
+    """Encode a v1 sensor frame (CRC included).
+
+    ``samples`` is a ``list`` or ``tuple`` of 1..4096 ``float``/``int`` (not ``bool``), each
+    rounded to the nearest f32 (NaN/inf kept). Raises :class:`EncodeError` with ``path`` set
+    to the argument: ``"wrong-type"`` (not a str / int / list or tuple of numbers,
+    ``"samples[3]"`` for an item), ``"out-of-range"`` (device id not 1..64 bytes of UTF-8,
+    ``ts_ms`` not an i64, ``sample_rate_hz`` not 1..2**32-1, 0 or more than 4096 samples, a
+    finite sample too large for f32, ``version`` other than 1).
+    """
+
+@final
+class EventDecoder:
+    """Decodes maintenance-event JSON documents (``maintenance-events`` topic) with serde_json.
+
+    Required: ``event_id`` and ``device_id`` (non-empty strings), ``ts`` (integer epoch ms:
+    a JSON integer literal that fits i64, ``1.0``/``1e3`` are rejected), ``kind``
+    (``"repair"``, ``"inspection"`` or ``"part_replaced"``). Optional: ``technician`` and
+    ``notes`` (string or null, default ``None``), ``parts`` (array of ``{"part_no": str,
+    "qty": positive int}`` objects with exactly these keys, default ``[]``). Every other
+    top-level key goes to ``extra``.
+    """
+
+    def __new__(cls, max_bytes: int = 65536, max_depth: int = 32) -> Self:
+        """``max_bytes`` >= 1; ``max_depth`` 1..=127 (the top-level object is depth 1; capped
+        below serde_json's own limit of 128 so the decoder's check always fires first).
+        ``ValueError`` otherwise."""
+
+    @property
+    def max_bytes(self) -> int: ...
+    @property
+    def max_depth(self) -> int: ...
+    def decode(
+        self, data: bytes
+    ) -> tuple[str, str, int, str, str | None, str | None, list[tuple[str, int]], dict[str, str]]:
+        """Decode one document → ``(event_id, device_id, ts_ms, kind, technician, notes,
+        parts, extra)``.
+
+        ``parts`` is ``[(part_no, qty), ...]`` in document order. ``extra`` maps every other
+        top-level key (document order) to that value's JSON text exactly as written minus the
+        whitespace between tokens (numbers, escapes and key order preserved), so
+        ``json.loads(extra[k])`` gives the original value.
+
+        Checks in this order: :class:`EmptyMessageError`, :class:`OversizedError`,
+        :class:`InvalidUtf8Error`, :class:`TooDeepError` (bracket pre-scan that skips
+        strings), :class:`MalformedJsonError`, then per field in document order
+        :class:`TypeMismatchError` (the message names the field, ``offset`` is the value)
+        or :class:`MalformedJsonError` (duplicate keys / bad escapes inside a value), and
+        finally :class:`MissingFieldError`. ``data`` must be ``bytes``.
+        """

@@ -3,6 +3,7 @@
 Thin re-export of :mod:`sluice._native` (built from ``udfs_rs/`` with maturin)::
 
     from sluice.native import AvroDecoder, AvroEncoder, DecodeError
+    from sluice.native import EventDecoder, FrameDecoder, encode_frame
 
 See ``sluice/_native.pyi`` for the documented API.
 """
@@ -32,19 +33,58 @@ except ImportError as exc:  # pragma: no cover - depends on the build state
         f"({exc}); run `make build` (maturin develop --release into .venv)"
     ) from exc
 
+# Sensor-frame and maintenance-event decoders. Imported separately so that a
+# module built before they existed (e.g. a running job's .venv with an editable
+# install) still serves the Avro names above; using one of these names then
+# raises an ImportError that says to rebuild.
+try:
+    from sluice._native import (
+        BadCrcError,
+        EventDecoder,
+        FrameDecoder,
+        InvalidUtf8Error,
+        MalformedJsonError,
+        MissingFieldError,
+        OversizedError,
+        TooDeepError,
+        UnsupportedVersionError,
+        encode_frame,
+    )
+except ImportError as _exc:  # pragma: no cover - depends on the build state
+    _STALE_BUILD = str(_exc)
+
+    def __getattr__(name: str) -> object:
+        if name in __all__:
+            raise ImportError(
+                f"sluice.native.{name} is not in the built sluice._native ({_STALE_BUILD}); "
+                "the module predates it: run `make build` (maturin develop --release into .venv)"
+            )
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 __all__ = [
     "AvroDecoder",
     "AvroEncoder",
+    "BadCrcError",
     "BadMagicError",
     "DecodeError",
     "EmptyMessageError",
     "EncodeError",
+    "EventDecoder",
+    "FrameDecoder",
+    "InvalidUtf8Error",
+    "MalformedJsonError",
+    "MissingFieldError",
+    "OversizedError",
     "SchemaError",
     "SluiceError",
+    "TooDeepError",
     "TrailingBytesError",
     "TruncatedError",
     "TypeMismatchError",
     "UnknownSchemaError",
+    "UnsupportedVersionError",
     "__version__",
+    "encode_frame",
     "parse_confluent_header",
 ]

@@ -10,7 +10,14 @@
 //! │   ├── UnknownSchemaError "unknown-schema"
 //! │   ├── TruncatedError     "truncated"
 //! │   ├── TypeMismatchError  "type-mismatch"
-//! │   └── TrailingBytesError "trailing-bytes"
+//! │   ├── TrailingBytesError "trailing-bytes"
+//! │   ├── UnsupportedVersionError "unsupported-version"   (sensor frames)
+//! │   ├── BadCrcError        "bad-crc"                    (sensor frames)
+//! │   ├── InvalidUtf8Error   "invalid-utf8"               (frames, JSON)
+//! │   ├── OversizedError     "oversized"                  (JSON)
+//! │   ├── TooDeepError       "too-deep"                   (JSON)
+//! │   ├── MalformedJsonError "malformed-json"             (JSON)
+//! │   └── MissingFieldError  "missing-field"              (JSON)
 //! └── EncodeError            .reason .path
 //! ```
 //!
@@ -80,6 +87,48 @@ create_exception!(
 );
 create_exception!(
     sluice.native,
+    UnsupportedVersionError,
+    DecodeError,
+    "reason 'unsupported-version': the message declares a format version this decoder does not read."
+);
+create_exception!(
+    sluice.native,
+    BadCrcError,
+    DecodeError,
+    "reason 'bad-crc': the CRC-32 stored in the message does not match the one computed over its bytes."
+);
+create_exception!(
+    sluice.native,
+    InvalidUtf8Error,
+    DecodeError,
+    "reason 'invalid-utf8': text that must be UTF-8 is not (offset = first invalid byte)."
+);
+create_exception!(
+    sluice.native,
+    OversizedError,
+    DecodeError,
+    "reason 'oversized': the message is longer than the decoder's byte limit."
+);
+create_exception!(
+    sluice.native,
+    TooDeepError,
+    DecodeError,
+    "reason 'too-deep': JSON arrays/objects are nested deeper than the decoder's limit."
+);
+create_exception!(
+    sluice.native,
+    MalformedJsonError,
+    DecodeError,
+    "reason 'malformed-json': not valid JSON, top level not an object, or a duplicate object key."
+);
+create_exception!(
+    sluice.native,
+    MissingFieldError,
+    DecodeError,
+    "reason 'missing-field': a required field is absent."
+);
+create_exception!(
+    sluice.native,
     EncodeError,
     SluiceError,
     "A Python value could not be encoded. Attributes: reason (str), path (str)."
@@ -94,16 +143,30 @@ pub enum DecodeReason {
     Truncated,
     TypeMismatch,
     TrailingBytes,
+    UnsupportedVersion,
+    BadCrc,
+    InvalidUtf8,
+    Oversized,
+    TooDeep,
+    MalformedJson,
+    MissingField,
 }
 
 impl DecodeReason {
-    pub const ALL: [DecodeReason; 6] = [
+    pub const ALL: [DecodeReason; 13] = [
         DecodeReason::Empty,
         DecodeReason::BadMagic,
         DecodeReason::UnknownSchema,
         DecodeReason::Truncated,
         DecodeReason::TypeMismatch,
         DecodeReason::TrailingBytes,
+        DecodeReason::UnsupportedVersion,
+        DecodeReason::BadCrc,
+        DecodeReason::InvalidUtf8,
+        DecodeReason::Oversized,
+        DecodeReason::TooDeep,
+        DecodeReason::MalformedJson,
+        DecodeReason::MissingField,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -114,6 +177,13 @@ impl DecodeReason {
             DecodeReason::Truncated => "truncated",
             DecodeReason::TypeMismatch => "type-mismatch",
             DecodeReason::TrailingBytes => "trailing-bytes",
+            DecodeReason::UnsupportedVersion => "unsupported-version",
+            DecodeReason::BadCrc => "bad-crc",
+            DecodeReason::InvalidUtf8 => "invalid-utf8",
+            DecodeReason::Oversized => "oversized",
+            DecodeReason::TooDeep => "too-deep",
+            DecodeReason::MalformedJson => "malformed-json",
+            DecodeReason::MissingField => "missing-field",
         }
     }
 }
@@ -184,6 +254,18 @@ impl SluiceErr {
             reason,
             schema_id: None,
             offset: Some(offset),
+            path: String::new(),
+            detail: detail.into(),
+        }))
+    }
+
+    /// A decode error without a byte offset (e.g. a required field that is absent).
+    #[cold]
+    pub fn decode_no_offset(reason: DecodeReason, detail: impl Into<String>) -> Self {
+        SluiceErr::Decode(Box::new(DecodeFailure {
+            reason,
+            schema_id: None,
+            offset: None,
             path: String::new(),
             detail: detail.into(),
         }))
@@ -275,6 +357,13 @@ impl SluiceErr {
                     DecodeReason::Truncated => TruncatedError::new_err(msg),
                     DecodeReason::TypeMismatch => TypeMismatchError::new_err(msg),
                     DecodeReason::TrailingBytes => TrailingBytesError::new_err(msg),
+                    DecodeReason::UnsupportedVersion => UnsupportedVersionError::new_err(msg),
+                    DecodeReason::BadCrc => BadCrcError::new_err(msg),
+                    DecodeReason::InvalidUtf8 => InvalidUtf8Error::new_err(msg),
+                    DecodeReason::Oversized => OversizedError::new_err(msg),
+                    DecodeReason::TooDeep => TooDeepError::new_err(msg),
+                    DecodeReason::MalformedJson => MalformedJsonError::new_err(msg),
+                    DecodeReason::MissingField => MissingFieldError::new_err(msg),
                 };
                 let set = || -> PyResult<()> {
                     let v = err.value(py);
@@ -423,6 +512,41 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
             "TrailingBytesError",
             py.get_type::<TrailingBytesError>(),
             DecodeReason::TrailingBytes,
+        ),
+        (
+            "UnsupportedVersionError",
+            py.get_type::<UnsupportedVersionError>(),
+            DecodeReason::UnsupportedVersion,
+        ),
+        (
+            "BadCrcError",
+            py.get_type::<BadCrcError>(),
+            DecodeReason::BadCrc,
+        ),
+        (
+            "InvalidUtf8Error",
+            py.get_type::<InvalidUtf8Error>(),
+            DecodeReason::InvalidUtf8,
+        ),
+        (
+            "OversizedError",
+            py.get_type::<OversizedError>(),
+            DecodeReason::Oversized,
+        ),
+        (
+            "TooDeepError",
+            py.get_type::<TooDeepError>(),
+            DecodeReason::TooDeep,
+        ),
+        (
+            "MalformedJsonError",
+            py.get_type::<MalformedJsonError>(),
+            DecodeReason::MalformedJson,
+        ),
+        (
+            "MissingFieldError",
+            py.get_type::<MissingFieldError>(),
+            DecodeReason::MissingField,
         ),
     ];
     for (name, ty, reason) in subs {

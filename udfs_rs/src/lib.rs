@@ -1,5 +1,6 @@
 //! `sluice._native`: the Rust hot path of sluice (Avro decode / encode for
-//! Confluent-framed Kafka records), built with pyo3 + maturin.
+//! Confluent-framed Kafka records, plus the binary sensor-frame and
+//! maintenance-event JSON decoders), built with pyo3 + maturin.
 //!
 //! Why hand-written: apache-avro re-resolves writer→reader schemas on every
 //! call (avro-rs #310, ~80% of decode time), so we compile a resolution plan
@@ -11,12 +12,17 @@
 //! * [`decode`]  – plan executor, generic over an output [`decode::Sink`].
 //! * [`encode`]  – schema-driven encoder, generic over an input [`encode::EncCtx`].
 //! * [`framing`] – Confluent wire header.
+//! * [`frames`]  – binary sensor frames (`sensor-frames` topic): decode, stats, encode.
+//! * [`events`]  – maintenance-event JSON (`maintenance-events` topic) via serde_json.
 //! * [`errors`]  – the one error enum + Python exception hierarchy.
-//! * `py`        – pyo3 classes (`AvroDecoder`, `AvroEncoder`, ...).
+//! * `py`        – pyo3 classes (`AvroDecoder`, `AvroEncoder`, `FrameDecoder`,
+//!   `EventDecoder`, ...).
 
 pub mod decode;
 pub mod encode;
 pub mod errors;
+pub mod events;
+pub mod frames;
 pub mod framing;
 mod py;
 pub mod resolve;
@@ -37,6 +43,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::AvroDecoder>()?;
     m.add_class::<py::AvroEncoder>()?;
     m.add_function(wrap_pyfunction!(py::parse_confluent_header, m)?)?;
+    m.add_class::<py::FrameDecoder>()?;
+    m.add_class::<py::EventDecoder>()?;
+    m.add_function(wrap_pyfunction!(py::encode_frame, m)?)?;
     errors::register(m)?;
     Ok(())
 }

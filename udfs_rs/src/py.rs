@@ -1,5 +1,9 @@
 //! The Python-facing classes and functions of `sluice._native`.
 //!
+//! Also the decoders of the two non-Avro topics: `FrameDecoder` /
+//! `encode_frame` (binary sensor frames, `frames.rs`) and `EventDecoder`
+//! (maintenance-event JSON, `events.rs`).
+//!
 //! Thread-safety: every entry point uses the `Python` token pyo3 hands to the
 //! `#[pymethods]` (the module never calls `Python::attach` / `with_gil`, which
 //! deadlocks in PyFlink thread mode), makes no Python callbacks, and never
@@ -19,10 +23,10 @@ use pyo3::types::{
 use crate::decode::{self, Sink};
 use crate::encode::{EncCtx, EncPlan, EntryFn, Kind};
 use crate::errors::{DecodeReason, IntoPyResult, SchemaError, SluiceErr};
-use crate::framing;
 use crate::resolve::{Plan, RecordPlan};
 use crate::schema::{NamedKind, SchemaIr};
 use crate::value::Value;
+use crate::{events, frames, framing};
 
 /// Per named type of a schema: record field names or enum symbols as
 /// interned Python strings (empty for fixed).
@@ -571,4 +575,291 @@ impl AvroEncoder {
 #[pyfunction]
 pub fn parse_confluent_header(py: Python<'_>, data: &[u8]) -> PyResult<(u32, usize)> {
     framing::parse_header(data).py_err(py)
+}
+
+// ------------------------------------------------------------ sensor frames
+
+/// Decodes binary sensor frames (format v1, see `frames.rs`).
+#[pyclass(frozen, module = "sluice._native")]
+pub struct FrameDecoder {
+    max_samples: usize,
+}
+
+impl FrameDecoder {
+    fn frame<'a>(&self, py: Python<'_>, data: &'a [u8]) -> PyResult<frames::Frame<'a>> {
+        frames::decode(data, self.max_samples).py_err(py)
+    }
+}
+
+#[pymethods]
+impl FrameDecoder {
+    #[new]
+    // A literal default (frames::MAX_SAMPLES) so the text signature, and the stub
+    // checker, see 4096 rather than `...`; a test pins the two together.
+    #[pyo3(signature = (max_samples = 4096))]
+    fn new(max_samples: i64) -> PyResult<Self> {
+        match usize::try_from(max_samples) {
+            Ok(m) if (1..=frames::MAX_SAMPLES).contains(&m) => Ok(FrameDecoder { max_samples: m }),
+            _ => Err(PyValueError::new_err(format!(
+                "max_samples must be 1..={}, got {max_samples}",
+                frames::MAX_SAMPLES
+            ))),
+        }
+    }
+
+    #[getter]
+    fn max_samples(&self) -> usize {
+        self.max_samples
+    }
+
+    /// → `(device_id, ts_ms, sample_rate_hz, n_samples, rms, peak_abs, mean)`.
+    #[allow(clippy::type_complexity)]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+    ) -> PyResult<(Bound<'py, PyString>, i64, u32, usize, f64, f64, f64)> {
+        let f = self.frame(py, data)?;
+        let st = f.stats();
+        Ok((
+            PyString::new(py, f.device_id),
+            f.ts_ms,
+            f.sample_rate_hz,
+            f.n_samples(),
+            st.rms,
+            st.peak_abs,
+            st.mean,
+        ))
+    }
+
+    /// The samples of a valid frame as floats.
+    fn samples<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyList>> {
+        let f = self.frame(py, data)?;
+        PyList::new(py, f.samples())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("FrameDecoder(max_samples={})", self.max_samples)
+    }
+}
+
+fn arg_int<T: TryFrom<i64>>(v: &Bound<'_, PyAny>, path: &str, what: &str) -> Result<T, SluiceErr> {
+    use crate::errors::EncodeReason;
+    if !v.is_instance_of::<PyInt>() || v.is_instance_of::<PyBool>() {
+        return Err(SluiceErr::encode(
+            EncodeReason::WrongType,
+            format!("expected int, got {}", type_name(v)),
+        )
+        .in_path(path));
+    }
+    v.extract::<i64>()
+        .ok()
+        .and_then(|x| T::try_from(x).ok())
+        .ok_or_else(|| {
+            SluiceErr::encode(EncodeReason::OutOfRange, format!("{v} does not fit {what}"))
+                .in_path(path)
+        })
+}
+
+fn type_name(v: &Bound<'_, PyAny>) -> String {
+    v.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+fn frame_samples(v: &Bound<'_, PyAny>) -> Result<Vec<f32>, SluiceErr> {
+    use crate::errors::EncodeReason;
+    let wrong =
+        |path: &str, msg: String| SluiceErr::encode(EncodeReason::WrongType, msg).in_path(path);
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(l) = v.cast::<PyList>() {
+        l.iter().collect()
+    } else if let Ok(t) = v.cast::<PyTuple>() {
+        t.iter().collect()
+    } else {
+        return Err(wrong(
+            "samples",
+            format!("expected a list or tuple of floats, got {}", type_name(v)),
+        ));
+    };
+    if items.is_empty() || items.len() > frames::MAX_SAMPLES {
+        return Err(SluiceErr::encode(
+            EncodeReason::OutOfRange,
+            format!(
+                "{} samples, must be 1..={}",
+                items.len(),
+                frames::MAX_SAMPLES
+            ),
+        )
+        .in_path("samples"));
+    }
+    let mut out = Vec::with_capacity(items.len());
+    for (i, x) in items.iter().enumerate() {
+        let f = if let Ok(f) = x.cast::<PyFloat>() {
+            f.value()
+        } else if x.is_instance_of::<PyInt>() && !x.is_instance_of::<PyBool>() {
+            x.extract::<f64>().map_err(|_| {
+                SluiceErr::encode(EncodeReason::OutOfRange, format!("{x} does not fit an f32"))
+                    .in_path(&format!("samples[{i}]"))
+            })?
+        } else {
+            return Err(wrong(
+                &format!("samples[{i}]"),
+                format!("expected float, got {}", type_name(x)),
+            ));
+        };
+        out.push(frames::to_f32(f, i)?);
+    }
+    Ok(out)
+}
+
+/// Encode a v1 sensor frame (CRC included).
+#[pyfunction]
+#[pyo3(signature = (device_id, ts_ms, sample_rate_hz, samples, version = 1))]
+pub fn encode_frame<'py>(
+    py: Python<'py>,
+    device_id: &Bound<'py, PyAny>,
+    ts_ms: &Bound<'py, PyAny>,
+    sample_rate_hz: &Bound<'py, PyAny>,
+    samples: &Bound<'py, PyAny>,
+    version: i64,
+) -> PyResult<Bound<'py, PyBytes>> {
+    use crate::errors::EncodeReason;
+    let run = || -> Result<Vec<u8>, SluiceErr> {
+        if version != i64::from(frames::VERSION) {
+            return Err(SluiceErr::encode(
+                EncodeReason::OutOfRange,
+                format!(
+                    "format version {version} is not defined (only {} is)",
+                    frames::VERSION
+                ),
+            )
+            .in_path("version"));
+        }
+        let id = device_id
+            .cast::<PyString>()
+            .map_err(|_| {
+                SluiceErr::encode(
+                    EncodeReason::WrongType,
+                    format!("expected str, got {}", type_name(device_id)),
+                )
+                .in_path("device_id")
+            })?
+            .to_str()
+            .map_err(|_| {
+                SluiceErr::encode(
+                    EncodeReason::WrongType,
+                    "str is not encodable as UTF-8 (lone surrogate?)",
+                )
+                .in_path("device_id")
+            })?;
+        let ts: i64 = arg_int(ts_ms, "ts_ms", "an i64")?;
+        let rate: u32 = arg_int(sample_rate_hz, "sample_rate_hz", "a u32")?;
+        // device id and rate first, then the samples (their count is checked there).
+        frames::check_encode_args(id, rate, 1)?;
+        let s = frame_samples(samples)?;
+        frames::encode(id, ts, rate, &s)
+    };
+    let out = run().py_err(py)?;
+    Ok(PyBytes::new(py, &out))
+}
+
+// ------------------------------------------------------- maintenance events
+
+/// Decodes maintenance-event JSON documents (see `events.rs`).
+#[pyclass(frozen, module = "sluice._native")]
+pub struct EventDecoder {
+    max_bytes: usize,
+    max_depth: usize,
+    kinds: Vec<Py<PyString>>,
+}
+
+#[pymethods]
+impl EventDecoder {
+    #[new]
+    #[pyo3(signature = (max_bytes = 65536, max_depth = 32))]
+    fn new(py: Python<'_>, max_bytes: i64, max_depth: i64) -> PyResult<Self> {
+        let max_bytes = usize::try_from(max_bytes)
+            .ok()
+            .filter(|&b| b >= 1)
+            .ok_or_else(|| {
+                PyValueError::new_err(format!("max_bytes must be >= 1, got {max_bytes}"))
+            })?;
+        let max_depth = usize::try_from(max_depth)
+            .ok()
+            .filter(|d| (1..=events::MAX_DEPTH_LIMIT).contains(d))
+            .ok_or_else(|| {
+                PyValueError::new_err(format!(
+                    "max_depth must be 1..={}, got {max_depth}",
+                    events::MAX_DEPTH_LIMIT
+                ))
+            })?;
+        let kinds = events::EventKind::ALL
+            .iter()
+            .map(|k| PyString::intern(py, k.as_str()).unbind())
+            .collect();
+        Ok(EventDecoder {
+            max_bytes,
+            max_depth,
+            kinds,
+        })
+    }
+
+    #[getter]
+    fn max_bytes(&self) -> usize {
+        self.max_bytes
+    }
+
+    #[getter]
+    fn max_depth(&self) -> usize {
+        self.max_depth
+    }
+
+    /// → `(event_id, device_id, ts_ms, kind, technician, notes, parts, extra)`.
+    #[allow(clippy::type_complexity)]
+    fn decode<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+    ) -> PyResult<(
+        Bound<'py, PyString>,
+        Bound<'py, PyString>,
+        i64,
+        Bound<'py, PyString>,
+        Option<Bound<'py, PyString>>,
+        Option<Bound<'py, PyString>>,
+        Bound<'py, PyList>,
+        Bound<'py, PyDict>,
+    )> {
+        let ev = events::decode(data, self.max_bytes, self.max_depth).py_err(py)?;
+        let kind_idx = events::EventKind::ALL
+            .iter()
+            .position(|k| *k == ev.kind)
+            .unwrap_or(0);
+        let parts = PyList::empty(py);
+        for (p, q) in &ev.parts {
+            parts.append((PyString::new(py, p), *q))?;
+        }
+        let extra = PyDict::new(py);
+        for (k, v) in &ev.extra {
+            extra.set_item(PyString::new(py, k), PyString::new(py, v))?;
+        }
+        Ok((
+            PyString::new(py, &ev.event_id),
+            PyString::new(py, &ev.device_id),
+            ev.ts_ms,
+            self.kinds[kind_idx].bind(py).clone(),
+            ev.technician.as_deref().map(|s| PyString::new(py, s)),
+            ev.notes.as_deref().map(|s| PyString::new(py, s)),
+            parts,
+            extra,
+        ))
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "EventDecoder(max_bytes={}, max_depth={})",
+            self.max_bytes, self.max_depth
+        )
+    }
 }
