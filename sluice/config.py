@@ -210,6 +210,9 @@ class GeneratorConfig(_Section):
     corrupt_non_avro: int = Field(default=3, ge=0)
     corrupt_unknown_schema: int = Field(default=3, ge=0)
     corrupt_truncated: int = Field(default=3, ge=0)
+    # How many of each rarer kind: magic byte 1, empty value, tombstone (null value),
+    # a body that does not match its writer schema, trailing bytes after the record.
+    corrupt_each_rare_kind: int = Field(default=1, ge=0)
 
 
 class StackConfig(_Section):

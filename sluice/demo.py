@@ -170,7 +170,7 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
             bar.update(t_job, completed=1, description="job running (exactly-once)")
             thread = threading.Thread(target=reader, daemon=True)
             thread.start()
-            t_prod = bar.add_task("producing telemetry (v1+v2+corrupt)", total=n_in)
+            t_prod = bar.add_task("producing telemetry (v1+v2+v3+bad)", total=n_in)
             t_out = bar.add_task("committed out + dlq (read_committed)", total=n_in)
             result: dict[str, Generated] = {}
 

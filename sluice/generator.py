@@ -27,9 +27,20 @@ from sluice.registry import read_schema
 # A schema id no registry here hands out (Apicurio and Confluent count from 1).
 UNKNOWN_SCHEMA_ID = 987_654_321
 
-CORRUPT_KINDS = ("non-avro", "unknown-schema", "truncated")
+RARE_KINDS = ("magic-byte-1", "empty", "tombstone", "garbage-body", "trailing-bytes")
+CORRUPT_KINDS = ("non-avro", "unknown-schema", "truncated", *RARE_KINDS)
 # What the job must say about each kind (DeadLetter.reason).
-EXPECTED_REASON = {"non-avro": "bad-magic", "unknown-schema": "unknown-schema", "truncated": "truncated"}
+EXPECTED_REASON = {
+    "non-avro": "bad-magic",
+    "unknown-schema": "unknown-schema",
+    "truncated": "truncated",
+    "magic-byte-1": "bad-magic",
+    "empty": "empty",
+    "tombstone": "empty",
+    # A known writer id, then a string length whose varint runs past 64 bits.
+    "garbage-body": "type-mismatch",
+    "trailing-bytes": "trailing-bytes",
+}
 
 
 def f32(x: float) -> float:
@@ -72,7 +83,7 @@ class Corrupt:
     kind: str
     device_id: str
     ts: int
-    value: bytes
+    value: bytes | None  # None: a tombstone
 
 
 @dataclass
@@ -123,6 +134,7 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Reading | 
         ["non-avro"] * g.corrupt_non_avro
         + ["unknown-schema"] * g.corrupt_unknown_schema
         + ["truncated"] * g.corrupt_truncated
+        + [k for k in RARE_KINDS for _ in range(g.corrupt_each_rare_kind)]
     )
     rng.shuffle(kinds)
     for j, kind in enumerate(kinds):
@@ -156,14 +168,25 @@ class _Serializers:
         ctx = SerializationContext(self.topic, MessageField.VALUE)
         return self.by_writer[r.writer](r.as_avro(), ctx)
 
-    def corrupt(self, c: Corrupt, template: bytes, n: int) -> bytes:
-        """Corrupt bytes, unique per position ``n`` so every one can be traced in the DLQ."""
+    def corrupt(self, c: Corrupt, template: bytes, n: int) -> bytes | None:
+        """Corrupt bytes, unique per position ``n`` where the kind allows it, so every
+        one can be traced in the DLQ."""
         if c.kind == "non-avro":
             return f"this is not avro: {c.device_id} @{c.ts} #{n}".encode()
         if c.kind == "unknown-schema":
             return b"\x00" + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + template[5:]
         if c.kind == "truncated":
             return template[: max(6, len(template) // 2)]
+        if c.kind == "magic-byte-1":
+            return b"\x01" + template[1:]
+        if c.kind == "empty":
+            return b""
+        if c.kind == "tombstone":
+            return None
+        if c.kind == "garbage-body":
+            return template[:5] + b"\xff" * 10 + b"\x01" + f"#{n}".encode()
+        if c.kind == "trailing-bytes":
+            return template + f"#{n}".encode()
         raise ValueError(f"unknown corrupt kind {c.kind}")
 
 

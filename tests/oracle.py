@@ -9,7 +9,7 @@ they would have to be wrong independently.
 from __future__ import annotations
 
 import csv
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +84,6 @@ def expected_windows(
     return out
 
 
-def expected_dlq_reasons(gen: Generated) -> dict[bytes, str]:
-    """Original bytes → the reason the DLQ record must carry."""
-    return {c.value: EXPECTED_REASON[c.kind] for c in gen.corrupt}
+def expected_dead_letters(gen: Generated) -> Counter[tuple[bytes | None, str]]:
+    """(original bytes, reason) of every record the DLQ must hold, with multiplicity."""
+    return Counter((c.value, EXPECTED_REASON[c.kind]) for c in gen.corrupt)

@@ -18,7 +18,7 @@ import yaml
 from avro.compatibility import ReaderWriterCompatibilityChecker, SchemaCompatibilityType
 
 from sluice.config import SluiceConfig, load_config
-from sluice.generator import CORRUPT_KINDS, EXPECTED_REASON, Corrupt, Reading, f32, plan
+from sluice.generator import CORRUPT_KINDS, EXPECTED_REASON, RARE_KINDS, Corrupt, Reading, f32, plan
 from sluice.registry import load_subjects, read_schema, schema_versions, subject_of
 from sluice.udfs import alert_key, epoch_ms, severity, threshold_score
 
@@ -133,7 +133,7 @@ def test_plan_is_deterministic_per_seed() -> None:
 @pytest.mark.parametrize(("n_non", "n_unknown", "n_trunc"), [(3, 3, 3), (0, 5, 1), (7, 0, 0), (0, 0, 0)])
 def test_plan_corrupt_counts(n_non: int, n_unknown: int, n_trunc: int) -> None:
     cfg = gen_cfg(seed=3, corrupt_non_avro=n_non, corrupt_unknown_schema=n_unknown,
-                  corrupt_truncated=n_trunc)
+                  corrupt_truncated=n_trunc, corrupt_each_rare_kind=0)
     items = plan(cfg, start_ms=0, step_ms=1)
     corrupt = [i for i in items if isinstance(i, Corrupt)]
     readings = [i for i in items if isinstance(i, Reading)]
@@ -149,6 +149,13 @@ def test_plan_corrupt_counts(n_non: int, n_unknown: int, n_trunc: int) -> None:
     if positions:
         assert positions[0] > 0
         assert positions[-1] < len(items) - 1
+
+
+def test_plan_includes_each_rare_kind() -> None:
+    items = plan(gen_cfg(seed=3, corrupt_each_rare_kind=2), start_ms=0, step_ms=1)
+    kinds = [c.kind for c in items if isinstance(c, Corrupt)]
+    for kind in RARE_KINDS:
+        assert kinds.count(kind) == 2, kind
 
 
 def test_expected_reasons_cover_every_corrupt_kind() -> None:
@@ -193,7 +200,8 @@ def test_plan_readings_are_well_formed() -> None:
 
 
 def test_plan_with_no_readings() -> None:
-    items = plan(gen_cfg(records=0, corrupt_non_avro=2), start_ms=99, step_ms=1)
+    items = plan(gen_cfg(records=0, corrupt_non_avro=2, corrupt_each_rare_kind=0), start_ms=99,
+                 step_ms=1)
     assert len(items) == 2 + 3 + 3
     assert all(isinstance(i, Corrupt) and i.ts == 99 and i.device_id == "dev-0000" for i in items)
 
