@@ -15,8 +15,10 @@ from sluice.config import REPO_ROOT, ConfigError, SluiceConfig, load_config
 app = typer.Typer(help="sluice: PyFlink telemetry pipelines with a Rust hot path.", no_args_is_help=True)
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft), Apicurio Registry, Flink standalone.")
 schemas_app = typer.Typer(help="Schemas on disk and in the registry.")
+dlq_app = typer.Typer(help="The dead-letter topic: what failed and why.")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
+app.add_typer(dlq_app, name="dlq")
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="sluice YAML (default sluice.yaml)")]
@@ -147,6 +149,35 @@ def schemas_check(
     console.print(("[red]" if result.failures else "[green]") + summary(result))
     if result.failures:
         raise typer.Exit(1)
+
+
+@dlq_app.command("inspect")
+def dlq_inspect(
+    config: ConfigOpt = None,
+    reason: Annotated[str | None, typer.Option(help="only this reason, e.g. bad-magic")] = None,
+    limit: Annotated[int, typer.Option(help="rows to show (the counts cover all)")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="one JSON object per line, all rows")] = False,
+) -> None:
+    """Show dead letters: source topic/partition/offset, reason, detail, original bytes."""
+    from sluice.dlq import as_json as to_json
+    from sluice.dlq import by_reason, preview, read_dead_letters
+
+    cfg = _config(config)
+    letters = read_dead_letters(cfg, reason=reason)
+    if as_json:
+        for d in letters:
+            print(json.dumps(to_json(d)))
+        return
+    t = Table(title=f"{cfg.topics.dlq}: {len(letters)} dead letter(s) {by_reason(letters)}")
+    for col in ("source", "reason", "error", "schema id", "detail", "original value"):
+        t.add_column(col, overflow="fold")
+    for d in letters[:limit]:
+        t.add_row(
+            f'{d["source_topic"]}/{d["source_partition"]}@{d["source_offset"]}', d["reason"],
+            d["error_class"], str(d["schema_id"] if d["schema_id"] is not None else "-"),
+            d["detail"][:120], preview(d["original_value"]),
+        )
+    console.print(t)
 
 
 @app.command()
