@@ -18,6 +18,14 @@ from pyflink.common import Row
 from pyflink.table import DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction
 
+# Imported once at module load, not per record: eval() is the per-record hot path.
+from sluice.native import (
+    AvroDecoder,
+    AvroEncoder,
+    DecodeError,
+    SchemaError,
+    UnknownSchemaError,
+)
 from sluice.registry import RegistryUnavailable, RetryPolicy, WriterSchemaCache
 
 # Field order of the reader schema (telemetry-value v3), as the decoder returns it.
@@ -102,8 +110,6 @@ class Ingest(ScalarFunction):
         self.default_threshold = default_threshold
 
     def open(self, function_context: FunctionContext) -> None:
-        from sluice.native import AvroDecoder, AvroEncoder
-
         self.decoder = AvroDecoder(self.reader_schema)
         self.enriched_encoder = AvroEncoder(self.enriched_schema, self.enriched_id)
         self.dlq_encoder = AvroEncoder(self.dlq_schema, self.dlq_id)
@@ -121,8 +127,6 @@ class Ingest(ScalarFunction):
         """Fetch an unseen writer id once and hand it to Rust; the failure, if any.
         An unreachable registry stalls this id at most registry_retry.bound_ms, then
         the id is dead-lettered at once for a cool-down, so the job never stalls."""
-        from sluice.native import SchemaError
-
         waiting = self.unreachable.get(schema_id)
         if waiting is not None and time.monotonic() < waiting[0]:
             return waiting[1]
@@ -147,8 +151,6 @@ class Ingest(ScalarFunction):
         return failure
 
     def eval(self, value, topic, partition, offset, kafka_ts):  # type: ignore[no-untyped-def]
-        from sluice.native import DecodeError, UnknownSchemaError
-
         if value is None:  # a tombstone: nothing to decode, but it must not vanish
             return self._dead(value, topic, partition, offset, kafka_ts, "TombstoneError",
                               "the record has no value (tombstone)", None, "empty")
@@ -214,8 +216,6 @@ class ScoreWindow(ScalarFunction):
         self.model_version = model_version
 
     def open(self, function_context: FunctionContext) -> None:
-        from sluice.native import AvroEncoder
-
         self.score_encoder = AvroEncoder(self.score_schema, self.score_id)
         self.alert_encoder = AvroEncoder(self.alert_schema, self.alert_id)
 
