@@ -123,11 +123,25 @@ class TopicsConfig(_Section):
     scores: str = "scores"
     alerts: str = "alerts"
     dlq: str = "dlq"
+    # Binary sensor frames and JSON maintenance work orders (docs/formats.md).
+    sensor_frames: str = "sensor-frames"
+    maintenance: str = "maintenance-events"
+    # QualityResult events of the great-expectations audit path.
+    quality: str = "quality"
+    # Compacted ledger of dead letters already replayed by `sluice dlq replay`.
+    dlq_replays: str = "dlq.replays"
     partitions: int = Field(default=2, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
+    def inputs(self) -> list[str]:
+        """The topics the pipeline reads, one per wire format."""
+        return [self.telemetry, self.sensor_frames, self.maintenance]
+
     def all(self) -> list[str]:
-        return [self.telemetry, self.enriched, self.scores, self.alerts, self.dlq]
+        return [
+            *self.inputs(), self.enriched, self.scores, self.alerts, self.dlq, self.quality,
+            self.dlq_replays,
+        ]
 
 
 class SchemasConfig(_Section):
@@ -137,7 +151,8 @@ class SchemasConfig(_Section):
     enriched: str = "telemetry.enriched-value/v1.avsc"
     scores: str = "scores-value/v1.avsc"
     alerts: str = "alerts-value/v1.avsc"
-    dlq: str = "dlq-value/v1.avsc"
+    dlq: str = "dlq-value/v2.avsc"
+    quality: str = "quality-value/v1.avsc"
 
 
 class CheckpointConfig(_Section):
@@ -175,6 +190,32 @@ class WindowConfig(_Section):
     out_of_orderness_ms: int = Field(default=2_000, ge=0)
     # A partition without records for this long stops holding the watermark back.
     idle_timeout_ms: int = Field(default=5_000, ge=0)
+
+
+class IngestConfig(_Section):
+    # Larger values go to the DLQ as `oversized` before any decoding (every format).
+    max_record_bytes: int = Field(default=65_536, gt=0)
+    # Maintenance JSON nested deeper than this goes to the DLQ as `too-deep`.
+    max_json_depth: int = Field(default=32, ge=1, le=127)
+    # Sensor frames with more samples go to the DLQ as `type-mismatch`.
+    max_frame_samples: int = Field(default=4_096, ge=1, le=4_096)
+    # Event timestamps before this (epoch ms; default 2000-01-01) or further than
+    # max_ts_skew_ms from the Kafka record timestamp go to the DLQ as `ts-out-of-range`.
+    min_ts_ms: int = 946_684_800_000
+    max_ts_skew_ms: int = Field(default=86_400_000, gt=0)
+    # A second record with an event id seen within this time goes to the DLQ as
+    # `duplicate-event-id` (Flink state TTL; later repeats are not detected).
+    dedup_ttl_ms: int = Field(default=3_600_000, gt=0)
+
+
+class QualityConfig(_Section):
+    # great-expectations suites, one per input (telemetry.json, sensor-frames.json,
+    # maintenance-events.json): the per-record expectations are compiled to Rust.
+    suites_dir: Path = Path("schemas/expectations")
+    # Audit path: every audit_window_ms of event time, a batch per input is validated
+    # by great-expectations itself and a QualityResult goes to the quality topic.
+    audit: bool = True
+    audit_window_ms: int = Field(default=10_000, gt=0)
 
 
 class ScoreConfig(_Section):
@@ -235,6 +276,8 @@ class SluiceConfig(BaseModel):
     checkpoint: CheckpointConfig = CheckpointConfig()
     job: JobConfig = JobConfig()
     window: WindowConfig = WindowConfig()
+    ingest: IngestConfig = IngestConfig()
+    quality: QualityConfig = QualityConfig()
     score: ScoreConfig = ScoreConfig()
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()

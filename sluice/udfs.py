@@ -194,8 +194,8 @@ class Ingest(ScalarFunction):
     ) -> Row:
         out = self.dlq_encoder.encode(
             (
-                value, topic, partition, offset, epoch_ms(kafka_ts), error_class, reason, detail,
-                schema_id, self.job_name, int(time.time() * 1000),
+                value, None, topic, partition, offset, epoch_ms(kafka_ts), error_class, reason,
+                detail, schema_id, self.job_name, int(time.time() * 1000), [],
             )
         )
         return Row(False, f"{topic}/{partition}/{offset}", out, None, None, None, None, reason)

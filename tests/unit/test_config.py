@@ -30,7 +30,8 @@ def test_repo_config_loads() -> None:
     assert cfg.kafka.bootstrap_servers == raw["kafka"]["bootstrap_servers"]
     assert cfg.window.size_ms == raw["window"]["size_ms"]
     assert cfg.job.startup_mode == raw["job"]["startup_mode"]
-    names = ("telemetry", "enriched", "scores", "alerts", "dlq")
+    names = ("telemetry", "sensor_frames", "maintenance", "enriched", "scores", "alerts", "dlq",
+             "quality", "dlq_replays")
     assert cfg.topics.all() == [raw["topics"][k] for k in names]
     assert cfg.kafka.sasl_password is None
     # the schema files it points at exist

@@ -22,7 +22,7 @@ from sluice.udfs import DeviceRef, Ingest
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 V1, V2 = read_schema(SCHEMAS / "telemetry-value/v1.avsc"), read_schema(SCHEMAS / "telemetry-value/v2.avsc")
 ENRICHED = read_schema(SCHEMAS / "telemetry.enriched-value/v1.avsc")
-DLQ = read_schema(SCHEMAS / "dlq-value/v1.avsc")
+DLQ = read_schema(SCHEMAS / "dlq-value/v2.avsc")
 KAFKA_TS = datetime(2026, 1, 1, tzinfo=UTC).replace(tzinfo=None)
 
 
