@@ -27,7 +27,7 @@ from pathlib import Path
 
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
-from pyflink.table import Schema, StatementSet, StreamTableEnvironment
+from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironment
 from pyflink.table.udf import udf
 
 if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink run -py)
@@ -36,7 +36,18 @@ if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink
 from sluice.config import SluiceConfig, load_config  # noqa: E402
 from sluice.kafka_util import check_transaction_timeout  # noqa: E402
 from sluice.registry import RetryPolicy, output_schema, read_schema  # noqa: E402
-from sluice.udfs import INGEST_RESULT, SCORE_RESULT, DeviceRef, Ingest, ScoreWindow  # noqa: E402
+from sluice.udfs import (  # noqa: E402
+    FRAMES,
+    INGEST_RESULT,
+    MAINTENANCE,
+    SCORE_RESULT,
+    TELEMETRY,
+    DeviceRef,
+    DuplicateEvent,
+    Ingest,
+    IngestLimits,
+    ScoreWindow,
+)
 
 
 def load_devices(path: Path) -> dict[str, DeviceRef]:
@@ -116,6 +127,7 @@ def _sink_ddl(cfg: SluiceConfig, table: str, topic: str) -> str:
 
 
 def _source_ddl(cfg: SluiceConfig) -> str:
+    """One Kafka source over the three input topics (one watermark per partition)."""
     startup = {
         "earliest": "'scan.startup.mode' = 'earliest-offset'",
         "latest": "'scan.startup.mode' = 'latest-offset'",
@@ -127,7 +139,8 @@ def _source_ddl(cfg: SluiceConfig) -> str:
     # Event time is the Kafka record timestamp, which producers set to the reading's
     # ts: it lets the source keep one watermark per partition (docs/event-time.md).
     return f"""
-        CREATE TEMPORARY TABLE telemetry_raw (
+        CREATE TEMPORARY TABLE inputs_raw (
+            `key` BYTES,
             `value` BYTES,
             `topic` STRING METADATA VIRTUAL,
             `partition` INT METADATA VIRTUAL,
@@ -136,40 +149,60 @@ def _source_ddl(cfg: SluiceConfig) -> str:
             WATERMARK FOR `ts` AS `ts` - INTERVAL '{ooo}' SECOND
         ) WITH (
             'connector' = 'kafka',
-            'topic' = '{cfg.topics.telemetry}',
+            'topic' = '{";".join(cfg.topics.inputs())}',
             {_kafka_props(cfg)},
             'properties.group.id' = '{cfg.job.consumer_group}',
             'properties.isolation.level' = 'read_committed',
+            'key.format' = 'raw',
+            'key.fields' = 'key',
             'value.format' = 'raw',
+            'value.fields-include' = 'EXCEPT_KEY',
             {startup}{bounded}
         )"""
 
 
-def _with_source_time(t_env: StreamTableEnvironment, query: str, name: str):  # type: ignore[no-untyped-def]
+def _with_source_time(t_env: StreamTableEnvironment, query: str, name: str,  # type: ignore[no-untyped-def]
+                      proctime: bool = False):
     """Materialise a query once as a DataStream and re-enter it with the source's
     record timestamps and watermarks. Every branch then reads the same stream, so
     the Python UDF in ``query`` runs once per record, not once per branch."""
     ds = t_env.to_data_stream(t_env.sql_query(query))
-    table = t_env.from_data_stream(
-        ds,
+    schema = (
         Schema.new_builder()
         .column_by_metadata("rowtime", "TIMESTAMP_LTZ(3)")
         .watermark("rowtime", "SOURCE_WATERMARK()")
-        .build(),
     )
+    if proctime:
+        schema = schema.column_by_expression("proc", "PROCTIME()")
+    table = t_env.from_data_stream(ds, schema.build())
     t_env.create_temporary_view(name, table)
+
+
+def load_suites(cfg: SluiceConfig) -> dict[str, str]:
+    """The great-expectations suite of each input that has one (JSON text)."""
+    folder = cfg.path(cfg.quality.suites_dir)
+    return {
+        src: (folder / f"{src}.json").read_text()
+        for src in (TELEMETRY, FRAMES, MAINTENANCE)
+        if (folder / f"{src}.json").is_file()
+    }
 
 
 def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> StatementSet:
     """Declare the whole job on ``env``; the caller executes it."""
     t_env = StreamTableEnvironment.create(env)
+    # Per-event-id dedup state lives this long (a repeat after that is not detected).
+    t_env.get_config().set("table.exec.state.ttl", f"{cfg.ingest.dedup_ttl_ms} ms")
     reader = read_schema(cfg.schema_path(cfg.schemas.telemetry_reader))
     enriched = output_schema(cfg, cfg.schemas.enriched)
     dlq = output_schema(cfg, cfg.schemas.dlq)
     scores = output_schema(cfg, cfg.schemas.scores)
     alerts = output_schema(cfg, cfg.schemas.alerts)
+    lim = cfg.ingest
 
     ingest = Ingest(
+        topics={cfg.topics.telemetry: TELEMETRY, cfg.topics.sensor_frames: FRAMES,
+                cfg.topics.maintenance: MAINTENANCE},
         reader_schema=reader,
         enriched_schema=enriched.schema_str,
         enriched_id=enriched.schema_id,
@@ -182,8 +215,18 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
         job_name=cfg.job.name,
         metric=cfg.score.metric,
         default_threshold=cfg.score.default_threshold,
+        limits=IngestLimits(
+            max_record_bytes=lim.max_record_bytes, max_json_depth=lim.max_json_depth,
+            max_frame_samples=lim.max_frame_samples, min_ts_ms=lim.min_ts_ms,
+            max_ts_skew_ms=lim.max_ts_skew_ms,
+        ),
+        suites=load_suites(cfg),
     )
     t_env.create_temporary_function("sluice_ingest", udf(ingest, result_type=INGEST_RESULT))
+    duplicate = DuplicateEvent(dlq_schema=dlq.schema_str, dlq_id=dlq.schema_id,
+                               job_name=cfg.job.name, ttl_ms=lim.dedup_ttl_ms)
+    t_env.create_temporary_function("sluice_duplicate",
+                                    udf(duplicate, result_type=DataTypes.BYTES()))
     score = ScoreWindow(
         score_schema=scores.schema_str,
         score_id=scores.schema_id,
@@ -205,10 +248,20 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
 
     _with_source_time(
         t_env,
-        "SELECT sluice_ingest(`value`, `topic`, `partition`, `offset`, `ts`) AS r, `ts` "
-        "FROM telemetry_raw",
+        "SELECT sluice_ingest(`value`, `key`, `topic`, `partition`, `offset`, `ts`) AS r, "
+        "`key`, `value`, `topic`, `partition`, `offset`, `ts` FROM inputs_raw",
         "ingested",
+        proctime=True,
     )
+    # Dedup on the canonical event id: a running count per id in arrival order (an
+    # append-only OVER aggregation on processing time, state kept dedup_ttl_ms). The
+    # first occurrence passes; repeats are dead-lettered (per partition the earlier
+    # offset arrives first, and a device's records share a partition).
+    t_env.create_temporary_view("counted", t_env.sql_query("""
+        SELECT r, `key`, `value`, `topic`, `partition`, `offset`, `ts`, rowtime,
+               COUNT(*) OVER (PARTITION BY r.event_id ORDER BY proc
+                              ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS seen
+        FROM ingested WHERE r.ok"""))
     size = f"{cfg.window.size_ms / 1000:.3f}"
     _with_source_time(
         t_env,
@@ -219,16 +272,21 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
             SELECT r.device_id AS device_id, r.site_id AS site_id, window_start, window_end,
                    window_time, COUNT(*) AS cnt, AVG(r.metric) AS mean, MAX(r.metric) AS mx,
                    MAX(r.threshold) AS thr
-            FROM TABLE(TUMBLE(TABLE ingested, DESCRIPTOR(rowtime), INTERVAL '{size}' SECOND))
-            WHERE r.ok
+            FROM TABLE(TUMBLE(TABLE counted, DESCRIPTOR(rowtime), INTERVAL '{size}' SECOND))
+            WHERE seen = 1 AND r.metric IS NOT NULL
             GROUP BY r.device_id, r.site_id, window_start, window_end, window_time
         )""",
         "scored",
     )
 
     stmts = t_env.create_statement_set()
-    stmts.add_insert_sql("INSERT INTO enriched_sink SELECT r.out_key, r.out_value FROM ingested WHERE r.ok")
+    stmts.add_insert_sql("INSERT INTO enriched_sink SELECT r.out_key, r.out_value FROM counted "
+                         "WHERE seen = 1")
     stmts.add_insert_sql("INSERT INTO dlq_sink SELECT r.out_key, r.out_value FROM ingested WHERE NOT r.ok")
+    stmts.add_insert_sql(
+        "INSERT INTO dlq_sink SELECT CONCAT(`topic`, '/', CAST(`partition` AS STRING), '/', "
+        "CAST(`offset` AS STRING)), sluice_duplicate(`value`, `key`, `topic`, "
+        "`partition`, `offset`, `ts`, r.event_id, seen) FROM counted WHERE seen > 1")
     stmts.add_insert_sql("INSERT INTO scores_sink SELECT device_id, s.score_value FROM scored")
     stmts.add_insert_sql(
         "INSERT INTO alerts_sink SELECT device_id, s.alert_value FROM scored WHERE s.is_alert"

@@ -148,7 +148,7 @@ class SchemasConfig(_Section):
     dir: Path = Path("schemas")
     # The job's reader schema for telemetry: every writer version resolves to it.
     telemetry_reader: str = "telemetry-value/v3.avsc"
-    enriched: str = "telemetry.enriched-value/v1.avsc"
+    enriched: str = "telemetry.enriched-value/v2.avsc"
     scores: str = "scores-value/v1.avsc"
     alerts: str = "alerts-value/v1.avsc"
     dlq: str = "dlq-value/v2.avsc"
@@ -251,9 +251,16 @@ class GeneratorConfig(_Section):
     corrupt_non_avro: int = Field(default=3, ge=0)
     corrupt_unknown_schema: int = Field(default=3, ge=0)
     corrupt_truncated: int = Field(default=3, ge=0)
-    # How many of each rarer kind: magic byte 1, empty value, tombstone (null value),
-    # a body that does not match its writer schema, trailing bytes after the record.
+    # How many of each rarer kind (sluice.generator.RARE_KINDS): magic byte 1, empty
+    # value, tombstone, a body that does not match its schema, trailing bytes, NaN/inf
+    # readings, timestamps far in the past/future, oversized values, a duplicate event
+    # id, bad frame CRC/version/length, malformed/invalid-UTF-8/deep JSON, ...
     corrupt_each_rare_kind: int = Field(default=1, ge=0)
+    # Binary sensor frames (sensor-frames topic) and JSON maintenance work orders
+    # (maintenance-events topic), as a share of `records` telemetry readings.
+    frame_share: float = Field(default=0.1, ge=0)
+    frame_samples: int = Field(default=64, ge=1, le=4_096)
+    maintenance_share: float = Field(default=0.02, ge=0)
 
 
 class StackConfig(_Section):

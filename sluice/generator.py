@@ -1,19 +1,23 @@
-"""Seeded synthetic telemetry, produced through the schema registry.
+"""Seeded synthetic input for all three wire formats, produced through the registry.
 
-v1, v2 and v3 writers produce to the same topic at once (one idempotent producer,
-one AvroSerializer per writer schema, so per-partition order is the generation
-order). A few corrupt records are mixed in: non-Avro bytes, an unknown schema
-id, a truncated body. The returned :class:`Generated` is the input an
-independent oracle needs to compute the expected output.
+v1, v2 and v3 telemetry writers produce Avro to the same topic at once (one
+idempotent producer, one AvroSerializer per writer schema, so per-partition order
+is the generation order); binary sensor frames and JSON maintenance work orders
+go to their own topics. Corrupt records of every kind in :data:`CORRUPT_KINDS`
+are mixed in. The returned :class:`Generated` is the input an independent oracle
+needs to compute the expected output.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import random
 import struct
 import time
+import zlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import Producer
@@ -22,13 +26,31 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from sluice.config import SluiceConfig
+from sluice.native import encode_frame
 from sluice.registry import read_schema
 
 # A schema id no registry here hands out (Apicurio and Confluent count from 1).
 UNKNOWN_SCHEMA_ID = 987_654_321
 
-RARE_KINDS = ("magic-byte-1", "empty", "tombstone", "garbage-body", "trailing-bytes")
+# Inputs (logical names; the topic of each comes from the config).
+TELEMETRY, FRAMES, MAINTENANCE = "telemetry", "sensor-frames", "maintenance-events"
+
+# Kinds injected `corrupt_each_rare_kind` times each, per input they go to.
+RARE_KINDS_BY_INPUT = {
+    TELEMETRY: (
+        "magic-byte-1", "empty", "tombstone", "garbage-body", "trailing-bytes",
+        "nan-reading", "inf-reading", "far-past-ts", "far-future-ts", "oversized",
+        "duplicate-event-id",
+    ),
+    FRAMES: ("bad-crc", "frame-truncated", "frame-bad-version", "frame-invalid-utf8"),
+    MAINTENANCE: ("malformed-json", "invalid-utf8", "deep-json", "missing-field", "oversized-json"),
+}
+RARE_KINDS = tuple(k for kinds in RARE_KINDS_BY_INPUT.values() for k in kinds)
 CORRUPT_KINDS = ("non-avro", "unknown-schema", "truncated", *RARE_KINDS)
+INPUT_OF_KIND = {
+    **{k: TELEMETRY for k in ("non-avro", "unknown-schema", "truncated")},
+    **{k: src for src, kinds in RARE_KINDS_BY_INPUT.items() for k in kinds},
+}
 # What the job must say about each kind (DeadLetter.reason).
 EXPECTED_REASON = {
     "non-avro": "bad-magic",
@@ -40,7 +62,27 @@ EXPECTED_REASON = {
     # A known writer id, then a string length whose varint runs past 64 bits.
     "garbage-body": "type-mismatch",
     "trailing-bytes": "trailing-bytes",
+    "nan-reading": "non-finite",
+    "inf-reading": "non-finite",
+    "far-past-ts": "ts-out-of-range",
+    "far-future-ts": "ts-out-of-range",
+    "oversized": "oversized",
+    # The exact bytes of an earlier reading again (a producer retry gone wrong).
+    "duplicate-event-id": "duplicate-event-id",
+    "bad-crc": "bad-crc",
+    "frame-truncated": "truncated",
+    "frame-bad-version": "unsupported-version",
+    "frame-invalid-utf8": "invalid-utf8",
+    "malformed-json": "malformed-json",
+    "invalid-utf8": "invalid-utf8",
+    "deep-json": "too-deep",
+    "missing-field": "missing-field",
+    "oversized-json": "oversized",
 }
+
+# Oversized values: bigger than the job's default ingest.max_record_bytes (64 KiB).
+OVERSIZE_BYTES = 70_000
+TEN_YEARS_MS = 10 * 365 * 86_400_000
 
 
 def f32(x: float) -> float:
@@ -79,27 +121,128 @@ class Reading:
 
 
 @dataclass(frozen=True)
+class Frame:
+    """One binary sensor frame (docs/formats.md); samples are f32-exact."""
+
+    device_id: str
+    ts: int
+    sample_rate_hz: int
+    samples: tuple[float, ...]
+
+    @property
+    def event_id(self) -> str:
+        """Frames carry no id of their own: a device sends one frame per instant."""
+        return f"{self.device_id}/{self.ts}"
+
+    def encode(self) -> bytes:
+        return encode_frame(self.device_id, self.ts, self.sample_rate_hz, list(self.samples))
+
+
+@dataclass(frozen=True)
+class WorkOrder:
+    """One maintenance work order, produced as a JSON document."""
+
+    event_id: str
+    device_id: str
+    ts: int
+    kind: str  # repair | inspection | part_replaced
+    technician: str | None
+    notes: str | None
+    parts: tuple[tuple[str, int], ...]
+    # Fields the format does not define, as (key, compact JSON text) in document order.
+    extra: tuple[tuple[str, str], ...]
+
+    def document(self) -> dict[str, Any]:
+        doc: dict[str, Any] = {"event_id": self.event_id, "device_id": self.device_id,
+                               "ts": self.ts, "kind": self.kind}
+        if self.technician is not None:
+            doc["technician"] = self.technician
+        doc["notes"] = self.notes
+        if self.parts:
+            doc["parts"] = [{"part_no": p, "qty": q} for p, q in self.parts]
+        for k, text in self.extra:
+            doc[k] = json.loads(text)
+        return doc
+
+    def encode(self) -> bytes:
+        return json.dumps(self.document(), ensure_ascii=False, indent=1).encode()
+
+
+@dataclass(frozen=True)
 class Corrupt:
     kind: str
     device_id: str
     ts: int
     value: bytes | None  # None: a tombstone
 
+    @property
+    def input(self) -> str:
+        return INPUT_OF_KIND[self.kind]
+
+
+Item = Reading | Frame | WorkOrder | Corrupt
+
 
 @dataclass
 class Generated:
     readings: list[Reading] = field(default_factory=list)
+    frames: list[Frame] = field(default_factory=list)
+    work_orders: list[WorkOrder] = field(default_factory=list)
     corrupt: list[Corrupt] = field(default_factory=list)
     produce_seconds: float = 0.0
 
     @property
     def total(self) -> int:
-        return len(self.readings) + len(self.corrupt)
+        return len(self.readings) + len(self.frames) + len(self.work_orders) + len(self.corrupt)
+
+    def by_input(self) -> dict[str, int]:
+        """Records produced per input (logical name), corrupt ones included."""
+        counts = {TELEMETRY: len(self.readings), FRAMES: len(self.frames),
+                  MAINTENANCE: len(self.work_orders)}
+        for c in self.corrupt:
+            counts[c.input] += 1
+        return counts
 
 
-def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Reading | Corrupt]:
-    """The deterministic sequence for a seed: readings in event-time order with the
-    corrupt records spread evenly through it."""
+_NOTES = [
+    "replaced bearing on drive side; vibration back to normal",
+    "routine inspection, no findings",
+    "Lüfter getauscht — Temperatur prüfen",
+    "seal leaking \u2192 ordered spare",
+    None,
+]
+_TECHNICIANS = ["a.kowalski", "m.dubois", "s.tanaka", None]
+
+
+def _frame(rng: random.Random, dev: str, ts: int, level: float, n: int) -> Frame:
+    rate = rng.choice([1_000, 2_000, 4_000])
+    freq = rng.uniform(20, 200)
+    samples = tuple(
+        f32(level * math.sin(2 * math.pi * freq * k / rate) + rng.gauss(0, level / 10))
+        for k in range(n)
+    )
+    return Frame(dev, ts, rate, samples)
+
+
+def _work_order(rng: random.Random, seed: int, i: int, dev: str, ts: int) -> WorkOrder:
+    kind = rng.choice(["repair", "inspection", "part_replaced"])
+    parts: tuple[tuple[str, int], ...] = ()
+    if kind == "part_replaced":
+        parts = tuple((f"P-{rng.randrange(1000, 9999)}", rng.randint(1, 4))
+                      for _ in range(rng.randint(1, 3)))
+    extra: list[tuple[str, str]] = []
+    if rng.random() < 0.5:
+        extra.append(("priority", str(rng.randint(1, 3))))
+    if rng.random() < 0.3:
+        extra.append(("location", json.dumps({"bay": rng.randint(1, 9), "row": "B"},
+                                             separators=(",", ":"))))
+    return WorkOrder(f"wo-{seed}-{i:06d}", dev, ts, kind, rng.choice(_TECHNICIANS),
+                     rng.choice(_NOTES), parts, tuple(extra))
+
+
+def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Item]:
+    """The deterministic sequence for a seed: telemetry readings, sensor frames and
+    work orders in event-time order, with the corrupt records spread evenly through it."""
     g = cfg.generator
     rng = random.Random(g.seed)
     devices = [f"dev-{i:04d}" for i in range(g.devices)]
@@ -108,16 +251,32 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Reading | 
     base_temp = {d: rng.uniform(40.0, 60.0) for d in devices}
     versions = sorted(g.writer_weights)
     weights = [g.writer_weights[v] for v in versions]
-    items: list[Reading | Corrupt] = []
-    for i in range(g.records):
+    n_frames = round(g.records * g.frame_share)
+    n_orders = round(g.records * g.maintenance_share)
+    total = g.records + n_frames + n_orders
+    # Which slots of the time line hold a frame or a work order (from a separate
+    # stream of randomness, so readings do not change when the shares do).
+    slots = random.Random(g.seed + 1).sample(range(total), n_frames + n_orders)
+    frame_slots = set(slots[:n_frames])
+    order_slots = set(slots[n_frames:])
+    items: list[Item] = []
+    i_reading = i_order = 0
+    for slot in range(total):
         dev = devices[rng.randrange(len(devices))]
-        ts = start_ms + int(i * step_ms)
+        ts = start_ms + int(slot * step_ms)
+        if slot in frame_slots:
+            items.append(_frame(rng, dev, ts, 1.5 + (1.0 if dev in hot else 0.0), g.frame_samples))
+            continue
+        if slot in order_slots:
+            items.append(_work_order(rng, g.seed, i_order, dev, ts))
+            i_order += 1
+            continue
         temp = round(base_temp[dev] + rng.gauss(0, 3) + (45.0 if dev in hot else 0.0), 2)
         writer = rng.choices(versions, weights=weights)[0]
         statuses = ["OK", "WARN", "FAULT"] + (["MAINTENANCE"] if writer == "v3" else [])
         items.append(
             Reading(
-                event_id=f"{g.seed}-{i:08d}",
+                event_id=f"{g.seed}-{i_reading:08d}",
                 device_id=dev,
                 ts=ts,
                 # v1/v2 write a float, v3 a double (the promotion the reader resolves).
@@ -130,6 +289,7 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Reading | 
                 writer=writer,
             )
         )
+        i_reading += 1
     kinds = (
         ["non-avro"] * g.corrupt_non_avro
         + ["unknown-schema"] * g.corrupt_unknown_schema
@@ -163,44 +323,114 @@ class _Serializers:
             for v in ("v1", "v2", "v3")
         }
         self.topic = cfg.topics.telemetry
+        # The latest valid record per input: corrupt records are made from them.
+        self.template: dict[str, bytes] = {}
+        self.last_reading: Reading | None = None
 
     def reading(self, r: Reading) -> bytes:
         ctx = SerializationContext(self.topic, MessageField.VALUE)
         return self.by_writer[r.writer](r.as_avro(), ctx)
 
-    def corrupt(self, c: Corrupt, template: bytes, n: int) -> bytes | None:
+    def encode(self, item: Reading | Frame | WorkOrder) -> bytes:
+        value = self.reading(item) if isinstance(item, Reading) else item.encode()
+        src = TELEMETRY if isinstance(item, Reading) else FRAMES if isinstance(item, Frame) else MAINTENANCE
+        self.template[src] = value
+        if isinstance(item, Reading):
+            self.last_reading = item
+        return value
+
+    def _template(self, src: str, c: Corrupt) -> bytes:
+        if src not in self.template:  # a corrupt record first: build a valid one
+            if src == TELEMETRY:
+                return self.reading(Reading("template", c.device_id, c.ts, 0.0, 0.0, "OK",
+                                            None, None, 1, "v1"))
+            if src == FRAMES:
+                return encode_frame(c.device_id, c.ts, 1_000, [0.0] * 8)
+            return json.dumps({"event_id": "template", "device_id": c.device_id, "ts": c.ts,
+                               "kind": "inspection"}).encode()
+        return self.template[src]
+
+    def corrupt(self, c: Corrupt, n: int) -> tuple[bytes | None, str]:
         """Corrupt bytes, unique per position ``n`` where the kind allows it, so every
-        one can be traced in the DLQ."""
-        if c.kind == "non-avro":
-            return f"this is not avro: {c.device_id} @{c.ts} #{n}".encode()
-        if c.kind == "unknown-schema":
-            return b"\x00" + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + template[5:]
-        if c.kind == "truncated":
-            return template[: max(6, len(template) // 2)]
-        if c.kind == "magic-byte-1":
-            return b"\x01" + template[1:]
-        if c.kind == "empty":
-            return b""
-        if c.kind == "tombstone":
-            return None
-        if c.kind == "garbage-body":
-            return template[:5] + b"\xff" * 10 + b"\x01" + f"#{n}".encode()
-        if c.kind == "trailing-bytes":
-            return template + f"#{n}".encode()
-        raise ValueError(f"unknown corrupt kind {c.kind}")
+        one can be traced in the DLQ; and the Kafka key to send them with."""
+        key = c.device_id
+        t = self._template(c.input, c)
+        k = c.kind
+        if k == "non-avro":
+            return f"this is not avro: {c.device_id} @{c.ts} #{n}".encode(), key
+        if k == "unknown-schema":
+            return b"\x00" + UNKNOWN_SCHEMA_ID.to_bytes(4, "big") + t[5:], key
+        if k in ("truncated", "frame-truncated"):
+            return t[: max(6, len(t) // 2)], key
+        if k == "magic-byte-1":
+            return b"\x01" + t[1:], key
+        if k == "empty":
+            return b"", key
+        if k == "tombstone":
+            return None, key
+        if k == "garbage-body":
+            return t[:5] + b"\xff" * 10 + b"\x01" + f"#{n}".encode(), key
+        if k == "trailing-bytes":
+            return t + f"#{n}".encode(), key
+        base = Reading(f"bad-{n}", c.device_id, c.ts, 20.0, 1.0, "OK", 50.0, "1.5.0", 1, "v3")
+        if k == "nan-reading":
+            return self.reading(replace(base, temperature_c=math.nan)), key
+        if k == "inf-reading":
+            return self.reading(replace(base, vibration_rms=math.inf)), key
+        if k == "far-past-ts":
+            return self.reading(replace(base, ts=86_400_000 + n)), key
+        if k == "far-future-ts":
+            return self.reading(replace(base, ts=c.ts + TEN_YEARS_MS)), key
+        if k == "oversized":
+            return self.reading(replace(base, writer="v2", firmware="x" * OVERSIZE_BYTES)), key
+        if k == "duplicate-event-id":
+            if self.last_reading is None:
+                raise ValueError("duplicate-event-id needs an earlier reading to repeat")
+            # Same bytes, same key (same partition) as the reading it repeats.
+            return self.template[TELEMETRY], self.last_reading.device_id
+        if k == "bad-crc":
+            mid = len(t) // 2
+            return t[:mid] + bytes([t[mid] ^ 0x40]) + t[mid + 1:], key
+        if k == "frame-bad-version":
+            return t[:2] + b"\x02" + t[3:], key
+        if k == "frame-invalid-utf8":
+            # A valid frame layout and CRC around a device id that is not UTF-8.
+            body = b"SF\x01\x00\x04" + b"d\xff\xfeX" + t[5 + t[4]:-4]
+            return body + zlib.crc32(body).to_bytes(4, "big"), key
+        if k == "malformed-json":
+            return f'{{"event_id": "wo-bad-{n}", "device_id": "{c.device_id}", "ts": '.encode(), key
+        if k == "invalid-utf8":
+            return (f'{{"event_id": "wo-bad-{n}", "device_id": "{c.device_id}", "ts": {c.ts}, '
+                    f'"kind": "repair", "notes": "'.encode() + b"\xc3\x28" + b'"}'), key
+        if k == "deep-json":
+            return (f'{{"event_id": "wo-bad-{n}", "nest": '.encode() + b"[" * 100 + b"]" * 100
+                    + b"}"), key
+        if k == "missing-field":
+            return json.dumps({"event_id": f"wo-bad-{n}", "device_id": c.device_id,
+                               "ts": c.ts}).encode(), key
+        if k == "oversized-json":
+            return json.dumps({"event_id": f"wo-bad-{n}", "device_id": c.device_id, "ts": c.ts,
+                               "kind": "inspection", "notes": "n" * OVERSIZE_BYTES}).encode(), key
+        raise ValueError(f"unknown corrupt kind {k}")
+
+
+def topic_of(cfg: SluiceConfig, source: str) -> str:
+    return {TELEMETRY: cfg.topics.telemetry, FRAMES: cfg.topics.sensor_frames,
+            MAINTENANCE: cfg.topics.maintenance}[source]
 
 
 def produce(
     cfg: SluiceConfig,
-    items: list[Reading | Corrupt],
+    items: list[Item],
     *,
     live: bool = False,
     on_progress: Callable[[int], None] | None = None,
 ) -> Generated:
-    """Produce the planned items to the telemetry topic.
+    """Produce the planned items, each to its input topic, keyed by device id.
 
-    ``live``: stamp each reading with the wall clock at send time (and pace it at
-    ``generator.rate_eps``); otherwise keep the planned event times.
+    ``live``: stamp each item with the wall clock at send time (strictly increasing,
+    so frame ids stay unique; paced at ``generator.rate_eps``); otherwise keep the
+    planned event times.
     """
     ser = _Serializers(cfg)
     producer = Producer(
@@ -209,37 +439,43 @@ def produce(
             "enable.idempotence": True,
             "linger.ms": 5,
             "compression.type": "lz4",
+            "message.max.bytes": 4 * OVERSIZE_BYTES,
         }
     )
     out = Generated()
     rate = cfg.generator.rate_eps
     t0 = time.monotonic()
-    last_template = b""
+    last_ts = 0
     for n, item in enumerate(items):
         if live and rate > 0:
             ahead = t0 + n / rate - time.monotonic()
             if ahead > 0:
                 time.sleep(ahead)
-        ts = int(time.time() * 1000) if live else item.ts
-        if isinstance(item, Reading):
-            if ts != item.ts:
-                item = Reading(**{**item.__dict__, "ts": ts})
-            value = ser.reading(item)
-            last_template = value
-            out.readings.append(item)
-        else:
-            if not last_template:  # a corrupt record first: build a template
-                last_template = ser.reading(
-                    Reading("template", item.device_id, ts, 0.0, 0.0, "OK", None, None, 1, "v1")
-                )
-            value = ser.corrupt(item, last_template, n)
-            item = Corrupt(item.kind, item.device_id, ts, value)
+        if live:
+            last_ts = max(int(time.time() * 1000), last_ts + 1)
+            if item.ts != last_ts:
+                item = replace(item, ts=last_ts)
+        key = item.device_id
+        if isinstance(item, Corrupt):
+            value, key = ser.corrupt(item, n)
+            item = replace(item, value=value)
             out.corrupt.append(item)
+            source = item.input
+        else:
+            value = ser.encode(item)
+            if isinstance(item, Reading):
+                out.readings.append(item)
+                source = TELEMETRY
+            elif isinstance(item, Frame):
+                out.frames.append(item)
+                source = FRAMES
+            else:
+                out.work_orders.append(item)
+                source = MAINTENANCE
         while True:
             try:
-                producer.produce(
-                    cfg.topics.telemetry, value=value, key=item.device_id.encode(), timestamp=ts
-                )
+                producer.produce(topic_of(cfg, source), value=value, key=key.encode(),
+                                 timestamp=item.ts)
                 break
             except BufferError:
                 producer.poll(0.1)
@@ -249,7 +485,7 @@ def produce(
     ser.client.close()
     remaining = producer.flush(60)
     if remaining:
-        raise RuntimeError(f"{remaining} telemetry records were not delivered within 60 s")
+        raise RuntimeError(f"{remaining} input records were not delivered within 60 s")
     out.produce_seconds = time.monotonic() - t0
     if on_progress is not None:
         on_progress(len(items))

@@ -1,9 +1,12 @@
 """Python UDFs of the pipeline: thin shells around the Rust module.
 
-Each record crosses JVM→Python once: :class:`Ingest` decodes the Confluent-framed
-Avro value (Rust), enriches it from the device reference table, and encodes
-either the EnrichedReading or a DeadLetter (Rust) in the same call, so the
-JVM side only routes bytes. Keep numpy out of here: these run in thread mode
+Each record crosses JVM→Python once: :class:`Ingest` decodes it by its input
+topic (Confluent-framed Avro telemetry, a binary sensor frame or a JSON work
+order, all in Rust), refuses what may not pass (size, NaN/inf, event time,
+blocking expectations compiled from the great-expectations suites), enriches it
+from the device reference table, and encodes either the canonical event
+(EnrichedReading v2) or a DeadLetter (Rust) in the same call, so the JVM side
+only routes bytes. Keep numpy out of here: these run in thread mode
 too, where numpy's GIL handling deadlocks under pemja.
 """
 
@@ -23,6 +26,8 @@ from sluice.native import (
     AvroDecoder,
     AvroEncoder,
     DecodeError,
+    EventDecoder,
+    FrameDecoder,
     SchemaError,
     UnknownSchemaError,
 )
@@ -34,16 +39,32 @@ _READER_FIELDS = (
     "humidity_pct", "firmware", "sample_count",
 )
 
+# The inputs, by the logical name the generator, the suites and the docs use.
+TELEMETRY, FRAMES, MAINTENANCE = "telemetry", "sensor-frames", "maintenance-events"
+_SOURCE_SYMBOL = {TELEMETRY: "TELEMETRY", FRAMES: "SENSOR_FRAME", MAINTENANCE: "MAINTENANCE"}
+
+# Per-record columns the quality suites see, per input (schemas/expectations/*.json).
+QUALITY_COLUMNS = {
+    TELEMETRY: _READER_FIELDS,
+    FRAMES: ("device_id", "ts", "sample_rate_hz", "n_samples", "rms", "peak_abs", "mean"),
+    MAINTENANCE: ("event_id", "device_id", "ts", "kind", "technician", "notes", "n_parts"),
+}
+
 INGEST_RESULT = DataTypes.ROW(
     [
         DataTypes.FIELD("ok", DataTypes.BOOLEAN()),
         DataTypes.FIELD("out_key", DataTypes.STRING()),
         DataTypes.FIELD("out_value", DataTypes.BYTES()),
+        DataTypes.FIELD("event_id", DataTypes.STRING()),
         DataTypes.FIELD("device_id", DataTypes.STRING()),
         DataTypes.FIELD("site_id", DataTypes.STRING()),
         DataTypes.FIELD("metric", DataTypes.DOUBLE()),
         DataTypes.FIELD("threshold", DataTypes.DOUBLE()),
         DataTypes.FIELD("reason", DataTypes.STRING()),
+        DataTypes.FIELD("source", DataTypes.STRING()),
+        # The canonical event of a record dead-lettered by a blocking expectation, so the
+        # great-expectations audit sees every decoded record (null otherwise).
+        DataTypes.FIELD("audit", DataTypes.BYTES()),
     ]
 )
 
@@ -63,8 +84,20 @@ class DeviceRef:
     max_temperature_c: float | None
 
 
+@dataclass(frozen=True)
+class IngestLimits:
+    """What the job refuses before and after decoding (config section ``ingest``)."""
+
+    max_record_bytes: int
+    max_json_depth: int
+    max_frame_samples: int
+    min_ts_ms: int
+    max_ts_skew_ms: int
+
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MS = timedelta(milliseconds=1)
+_INF = float("inf")
 
 
 def epoch_ms(value: Any) -> int:
@@ -77,12 +110,52 @@ def epoch_ms(value: Any) -> int:
     return int(value)
 
 
+def _finite(*xs: float | None) -> bool:
+    """No NaN or infinity among the measurements (None: not measured)."""
+    return all(x is None or -_INF < x < _INF for x in xs)
+
+
+class _NoCounter:
+    """Stands in for a Flink counter where metrics are off (python.metric.enabled=false)."""
+
+    count = 0
+
+    def inc(self, n: int = 1) -> None:
+        self.count += n
+
+
+def counters(function_context: FunctionContext | None, stage: str, names: tuple[str, ...]) -> dict:
+    """Flink counters ``sluice.<stage>.<name>`` (visible in the Flink UI / REST and the
+    metrics reporters), or local stand-ins when the job runs without Python metrics."""
+    try:
+        group = function_context.get_metric_group()  # type: ignore[union-attr]
+    except (AttributeError, RuntimeError):
+        return {name: _NoCounter() for name in names}
+    group = group.add_group("sluice").add_group(stage)
+    return {name: group.counter(name) for name in names}
+
+
+class _Rejected(Exception):
+    """A record that decoded but may not pass: its DLQ class, reason and detail."""
+
+    def __init__(self, error_class: str, reason: str, detail: str,
+                 failed: list[str] | None = None, canonical: bytes | None = None,
+                 schema_id: int | None = None) -> None:
+        super().__init__(detail)
+        self.error_class, self.reason, self.detail = error_class, reason, detail
+        self.schema_id = schema_id
+        self.failed = failed or []
+        self.canonical = canonical
+
+
 class Ingest(ScalarFunction):
-    """value bytes + Kafka coordinates → ROW(ok, out_key, out_value, device_id, site, metric, threshold)."""
+    """One input record of any of the three wire formats → ROW(ok, out_key, out_value, ...):
+    the canonical event (EnrichedReading v2) or a DeadLetter, both Avro-encoded in Rust."""
 
     def __init__(
         self,
         *,
+        topics: dict[str, str],
         reader_schema: str,
         enriched_schema: str,
         enriched_id: int,
@@ -95,7 +168,11 @@ class Ingest(ScalarFunction):
         job_name: str,
         metric: str,
         default_threshold: float,
+        limits: IngestLimits,
+        suites: dict[str, str] | None = None,
     ) -> None:
+        # topic name → input name (telemetry, sensor-frames, maintenance-events)
+        self.topics = topics
         self.reader_schema = reader_schema
         self.enriched_schema = enriched_schema
         self.enriched_id = enriched_id
@@ -106,19 +183,32 @@ class Ingest(ScalarFunction):
         self.unknown_id_cooldown_ms = unknown_id_cooldown_ms
         self.devices = devices
         self.job_name = job_name
-        self.metric_index = _READER_FIELDS.index(metric)
+        self.metric = metric
         self.default_threshold = default_threshold
+        self.limits = limits
+        # input name → great-expectations suite JSON (compiled to Rust checks in open()).
+        self.suites = suites or {}
 
     def open(self, function_context: FunctionContext) -> None:
         self.decoder = AvroDecoder(self.reader_schema)
+        self.frames = FrameDecoder(self.limits.max_frame_samples)
+        self.events = EventDecoder(self.limits.max_record_bytes, self.limits.max_json_depth)
         self.enriched_encoder = AvroEncoder(self.enriched_schema, self.enriched_id)
         self.dlq_encoder = AvroEncoder(self.dlq_schema, self.dlq_id)
         self.writers = WriterSchemaCache(self.registry_conf, self.registry_retry)
+        self.checkers = {}
+        if self.suites:
+            from sluice.quality import compile_suite_text
+
+            self.checkers = {src: compile_suite_text(text, QUALITY_COLUMNS[src])
+                             for src, text in self.suites.items()}
         # Ids the registry does not know, or whose schema cannot be resolved to the
         # reader: remembered so a burst of them costs one registry call, not one each.
         self.bad_ids: dict[int, tuple[str, str, str]] = {}
         # Ids given up on while the registry was unreachable: id → (retry after, failure).
         self.unreachable: dict[int, tuple[float, tuple[str, str, str]]] = {}
+        self.counters = counters(function_context, "ingest", (
+            "records_in", "records_out", "dead_letters", "quality_blocked", "quality_warnings"))
 
     def close(self) -> None:
         self.writers.close()
@@ -150,55 +240,155 @@ class Ingest(ScalarFunction):
         self.bad_ids[schema_id] = failure
         return failure
 
-    def eval(self, value, topic, partition, offset, kafka_ts):  # type: ignore[no-untyped-def]
+    def eval(self, value, key, topic, partition, offset, kafka_ts):  # type: ignore[no-untyped-def]
+        self.counters["records_in"].inc()
+        source = self.topics.get(topic, TELEMETRY)
         if value is None:  # a tombstone: nothing to decode, but it must not vanish
-            return self._dead(value, topic, partition, offset, kafka_ts, "TombstoneError",
-                              "the record has no value (tombstone)", None, "empty")
+            return self._dead(value, key, topic, partition, offset, kafka_ts, source,
+                              "TombstoneError", "the record has no value (tombstone)", None, "empty")
+        if len(value) > self.limits.max_record_bytes:
+            return self._dead(value, key, topic, partition, offset, kafka_ts, source,
+                              "OversizedError", f"{len(value)} bytes is more than "
+                              f"ingest.max_record_bytes ({self.limits.max_record_bytes})",
+                              None, "oversized")
+        schema_id = None
         try:
-            try:
-                schema_id, rec = self.decoder.decode(value)
-            except UnknownSchemaError as exc:
-                schema_id = exc.schema_id
-                failure = self.bad_ids.get(schema_id) or self._learn(schema_id)
-                if failure is not None:
-                    error_class, detail, reason = failure
-                    return self._dead(value, topic, partition, offset, kafka_ts, error_class,
-                                      detail, schema_id, reason)
-                schema_id, rec = self.decoder.decode(value)
+            if source == TELEMETRY:
+                schema_id, canonical, columns = self._telemetry(value)
+            elif source == FRAMES:
+                canonical, columns = self._frame(value)
+            else:
+                canonical, columns = self._work_order(value)
+            self._check_time(canonical[2], epoch_ms(kafka_ts))
+            return self._accept(source, canonical, columns, schema_id, topic, partition, offset)
+        except _UnknownWriter as exc:
+            error_class, detail, reason = exc.failure
+            return self._dead(value, key, topic, partition, offset, kafka_ts, source,
+                              error_class, detail, exc.schema_id, reason)
         except DecodeError as exc:
-            return self._dead(
-                value, topic, partition, offset, kafka_ts, type(exc).__name__, str(exc),
-                exc.schema_id, exc.reason,
-            )
-        if rec is None:  # pragma: no cover - the reader schema is a record
-            raise AssertionError("decoder returned no record")
-        return self._enriched(rec, schema_id, partition, offset)
+            return self._dead(value, key, topic, partition, offset, kafka_ts, source,
+                              type(exc).__name__, str(exc), exc.schema_id, exc.reason)
+        except _Rejected as exc:
+            return self._dead(value, key, topic, partition, offset, kafka_ts, source,
+                              exc.error_class, exc.detail, exc.schema_id or schema_id, exc.reason,
+                              exc.failed, exc.canonical)
 
-    def _enriched(self, rec: tuple, schema_id: int, partition: int, offset: int) -> Row:
-        event_id, device_id, ts, temp, vib, status, humidity, firmware, _samples = rec
+    # -- per format: decode → (canonical tuple without the enrichment, quality columns) --
+
+    def _telemetry(self, value: bytes) -> tuple[int, list, tuple]:
+        try:
+            schema_id, rec = self.decoder.decode(value)
+        except UnknownSchemaError as exc:
+            failure = self.bad_ids.get(exc.schema_id) or self._learn(exc.schema_id)
+            if failure is not None:
+                raise _UnknownWriter(exc.schema_id, failure) from None
+            schema_id, rec = self.decoder.decode(value)
+        event_id, device_id, ts, temp, vib, status, humidity, firmware, samples = rec
+        if not _finite(temp, vib, humidity):
+            raise _Rejected("NonFiniteError", "non-finite",
+                            f"a measurement is NaN or infinite: temperature_c={temp}, "
+                            f"vibration_rms_g={vib}, humidity_pct={humidity}", schema_id=schema_id)
+        return schema_id, [event_id, device_id, ts, "TELEMETRY", temp, vib, status, humidity,
+                           firmware, samples, None, None], rec
+
+    def _frame(self, value: bytes) -> tuple[list, tuple]:
+        device_id, ts, rate, n, rms, peak, mean = cols = self.frames.decode(value)
+        if not _finite(rms, peak, mean):
+            raise _Rejected("NonFiniteError", "non-finite",
+                            f"a sample is NaN or infinite: rms={rms}, peak_abs={peak}, mean={mean}")
+        return [f"{device_id}/{ts}", device_id, ts, "SENSOR_FRAME", None, rms, None, None, None,
+                None, (rate, n, peak, mean), None], cols
+
+    def _work_order(self, value: bytes) -> tuple[list, tuple]:
+        event_id, device_id, ts, kind, technician, notes, parts, extra = self.events.decode(value)
+        return [event_id, device_id, ts, "MAINTENANCE", None, None, None, None, None, None, None,
+                (kind.upper(), technician, notes, parts, extra)], (
+            event_id, device_id, ts, kind, technician, notes, len(parts))
+
+    def _check_time(self, ts: int, kafka_ts: int) -> None:
+        lim = self.limits
+        if ts < lim.min_ts_ms or abs(ts - kafka_ts) > lim.max_ts_skew_ms:
+            raise _Rejected(
+                "TimestampOutOfRange", "ts-out-of-range",
+                f"event time {ts} is before ingest.min_ts_ms ({lim.min_ts_ms}) or more than "
+                f"ingest.max_ts_skew_ms ({lim.max_ts_skew_ms}) from the Kafka record "
+                f"timestamp {kafka_ts}")
+
+    def _accept(self, source: str, c: list, columns: tuple, schema_id: int | None, topic: str,
+                partition: int, offset: int) -> Row:
+        event_id, device_id = c[0], c[1]
         ref = self.devices.get(device_id)
         site = model = max_temp = None
         if ref is not None:
             site, model, max_temp = ref.site_id, ref.device_model, ref.max_temperature_c
-        out = self.enriched_encoder.encode(
-            (
-                event_id, device_id, ts, temp, vib, status, humidity, firmware,
-                site, model, max_temp, schema_id, partition, offset, int(time.time() * 1000),
-            )
+        warnings: list[str] = []
+        checker = self.checkers.get(source)
+        verdict = checker.check(columns) if checker is not None else None
+        record = (
+            *c[:10], site, model, max_temp, schema_id, topic, partition, offset,
+            int(time.time() * 1000), c[10], c[11], warnings,
         )
-        threshold = max_temp if max_temp is not None else self.default_threshold
-        return Row(True, device_id, out, device_id, site, float(rec[self.metric_index]), threshold, None)
+        if verdict is not None:
+            blocking, warnings[:] = verdict
+            if warnings:
+                self.counters["quality_warnings"].inc()
+            if blocking:
+                self.counters["quality_blocked"].inc()
+                raise _Rejected("ExpectationFailed", "quality",
+                                "failed blocking expectations: " + ", ".join(blocking),
+                                list(blocking), self.enriched_encoder.encode(record))
+        out = self.enriched_encoder.encode(record)
+        if self.metric == "temperature_c":
+            metric = c[4]
+            threshold = max_temp if max_temp is not None else self.default_threshold
+        else:
+            metric, threshold = c[5], self.default_threshold
+        self.counters["records_out"].inc()
+        return Row(True, device_id, out, event_id, device_id, site, metric, threshold, None,
+                   source, None)
 
     def _dead(  # type: ignore[no-untyped-def]
-        self, value, topic, partition, offset, kafka_ts, error_class, detail, schema_id, reason
+        self, value, key, topic, partition, offset, kafka_ts, source, error_class, detail,
+        schema_id, reason, failed=(), canonical=None,
     ) -> Row:
-        out = self.dlq_encoder.encode(
-            (
-                value, None, topic, partition, offset, epoch_ms(kafka_ts), error_class, reason,
-                detail, schema_id, self.job_name, int(time.time() * 1000), [],
-            )
-        )
-        return Row(False, f"{topic}/{partition}/{offset}", out, None, None, None, None, reason)
+        self.counters["dead_letters"].inc()
+        out = dead_letter(self.dlq_encoder, value, key, topic, partition, offset, kafka_ts,
+                          error_class, reason, detail, schema_id, self.job_name, failed)
+        return Row(False, f"{topic}/{partition}/{offset}", out, None, None, None, None, None,
+                   reason, source, canonical)
+
+
+class _UnknownWriter(Exception):
+    def __init__(self, schema_id: int, failure: tuple[str, str, str]) -> None:
+        super().__init__(failure[1])
+        self.schema_id, self.failure = schema_id, failure
+
+
+def dead_letter(encoder: AvroEncoder, value, key, topic, partition, offset, kafka_ts,  # type: ignore[no-untyped-def]
+                error_class, reason, detail, schema_id, job_name, failed=()) -> bytes:
+    """A DeadLetter (v2) for one input record, Avro-encoded in Rust."""
+    return encoder.encode(
+        (value, key, topic, partition, offset, epoch_ms(kafka_ts), error_class, reason, detail,
+         schema_id, job_name, int(time.time() * 1000), list(failed))
+    )
+
+
+class DuplicateEvent(ScalarFunction):
+    """The DeadLetter for an event whose id the job has already seen (reason
+    ``duplicate-event-id``). Runs only on the repeats, after the dedup count."""
+
+    def __init__(self, *, dlq_schema: str, dlq_id: int, job_name: str, ttl_ms: int) -> None:
+        self.dlq_schema, self.dlq_id, self.job_name, self.ttl_ms = dlq_schema, dlq_id, job_name, ttl_ms
+
+    def open(self, function_context: FunctionContext) -> None:
+        self.dlq_encoder = AvroEncoder(self.dlq_schema, self.dlq_id)
+
+    def eval(self, value, key, topic, partition, offset, kafka_ts, event_id, seen):  # type: ignore[no-untyped-def]
+        return dead_letter(
+            self.dlq_encoder, value, key, topic, partition, offset, kafka_ts,
+            "DuplicateEventError", "duplicate-event-id",
+            f"event id {event_id!r} was already accepted (occurrence {seen} within "
+            f"ingest.dedup_ttl_ms = {self.ttl_ms})", None, self.job_name)
 
 
 class ScoreWindow(ScalarFunction):

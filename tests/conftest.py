@@ -68,7 +68,9 @@ def flink_cluster(stack: SluiceConfig) -> Path:
 def unique_config(cfg: SluiceConfig, name: str, **sections: dict) -> SluiceConfig:
     """A config whose topics, group and transactional ids belong to this test alone."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
-    topics = {k: f"{tag}.{k}" for k in ("telemetry", "enriched", "scores", "alerts", "dlq")}
+    names = ("telemetry", "sensor_frames", "maintenance", "enriched", "scores", "alerts", "dlq",
+             "quality", "dlq_replays")
+    topics = {k: f"{tag}.{k}" for k in names}
     job = {
         "name": f"sluice-{tag}",
         "consumer_group": f"sluice-{tag}",

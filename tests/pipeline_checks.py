@@ -10,7 +10,16 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from sluice.config import SluiceConfig
-from sluice.generator import Generated, aligned_start, plan, produce
+from sluice.generator import (
+    FRAMES,
+    MAINTENANCE,
+    TELEMETRY,
+    Generated,
+    aligned_start,
+    plan,
+    produce,
+    topic_of,
+)
 from sluice.kafka_util import ensure_topics, read_committed
 from tests import oracle
 
@@ -20,7 +29,8 @@ STEP_MS = 20  # 30 s of event time → 6 five-second windows per device
 
 def produce_input(cfg: SluiceConfig) -> Generated:
     ensure_topics(cfg)
-    n = cfg.generator.records
+    g = cfg.generator
+    n = int(g.records * (1 + g.frame_share + g.maintenance_share)) + 100
     items = plan(cfg, start_ms=aligned_start(cfg, n * STEP_MS), step_ms=STEP_MS)
     return produce(cfg, items)
 
@@ -28,7 +38,8 @@ def produce_input(cfg: SluiceConfig) -> Generated:
 def decoded_outputs(cfg: SluiceConfig) -> dict[str, list[dict]]:
     """Every committed output record, decoded with confluent-kafka's AvroDeserializer.
     The job has finished, so whatever it committed is visible; read until idle."""
-    topics = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts]
+    topics = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts,
+              cfg.topics.quality]
     got = read_committed(cfg, topics, idle_timeout=3, max_wait=120)
     with SchemaRegistryClient(cfg.registry.client_conf()) as client:
         de = AvroDeserializer(client)
@@ -44,18 +55,23 @@ def check_against_oracle(
 ) -> dict[str, list[dict]]:
     devs = oracle.devices(devices_csv)
     exp_enriched = oracle.expected_enriched(gen, devs)
-    exp_windows = oracle.expected_windows(gen, devs, cfg.window.size_ms, cfg.score.default_threshold)
+    exp_windows = oracle.expected_windows(gen, devs, cfg.window.size_ms, cfg.score.default_threshold,
+                                          cfg.score.metric)
     exp_alerts = {k: w for k, w in exp_windows.items() if w.is_alert}
     assert exp_alerts, "the generated data must produce at least one alert"
     assert len(exp_alerts) < len(exp_windows), "and at least one quiet window"
     out = decoded_outputs(cfg) if outputs is None else outputs
 
-    # in = out + dlq, with no duplicates and nothing invented.
+    # in = out + dlq + late (nothing is late for the per-record outputs: windows come
+    # after them), with no duplicates and nothing invented.
     enriched = out[cfg.topics.enriched]
     ids = [e["event_id"] for e in enriched]
     assert len(ids) == len(set(ids)), "duplicate enriched records"
     assert set(ids) == set(exp_enriched), "enriched records differ from the input"
     assert len(enriched) + len(out[cfg.topics.dlq]) == gen.total
+    assert Counter(e["source"] for e in enriched) == Counter(
+        {"TELEMETRY": len(gen.readings), "SENSOR_FRAME": len(gen.frames),
+         "MAINTENANCE": len(gen.work_orders)}) - Counter()
     for e in enriched:
         want = exp_enriched[e["event_id"]]
         got = {k: e[k] for k in want}
@@ -65,13 +81,14 @@ def check_against_oracle(
     # The DLQ holds exactly the corrupt records, byte for byte, with their reasons
     # (a multiset: an empty value or a tombstone can occur more than once).
     dlq = out[cfg.topics.dlq]
-    got_dlq = Counter((d["original_value"], d["reason"]) for d in dlq)
+    input_of = {topic_of(cfg, src): src for src in (TELEMETRY, FRAMES, MAINTENANCE)}
+    got_dlq = Counter((input_of[d["source_topic"]], d["original_value"], d["reason"]) for d in dlq)
     assert len(dlq) == len(gen.corrupt), "DLQ size differs (missing or duplicate dead letters)"
     assert got_dlq == oracle.expected_dead_letters(gen)
     for d in dlq:
-        assert d["source_topic"] == cfg.topics.telemetry
         assert d["job"] == cfg.job.name
         assert d["detail"]
+        assert d["original_key"] is not None and d["original_key"].startswith(b"dev-")
 
     # Window aggregates: exactly the oracle's, floats within tolerance.
     scores = {(s["device_id"], _ms(s["window_start"])): s for s in out[cfg.topics.scores]}

@@ -114,8 +114,10 @@ def test_epoch_ms_is_exact_outside_current_era(d: datetime, ms: int) -> None:
 
 
 def gen_cfg(**generator: object) -> SluiceConfig:
+    """Telemetry only unless a test asks for frames and work orders too."""
     base = load_config(REPO / "sluice.yaml", env={})
-    return base.with_overrides(generator={"records": 800, "devices": 12, **generator})
+    return base.with_overrides(generator={"records": 800, "devices": 12, "frame_share": 0,
+                                          "maintenance_share": 0, **generator})
 
 
 def test_plan_is_deterministic_per_seed() -> None:
@@ -160,8 +162,38 @@ def test_plan_includes_each_rare_kind() -> None:
 
 def test_expected_reasons_cover_every_corrupt_kind() -> None:
     assert set(EXPECTED_REASON) == set(CORRUPT_KINDS)
+    assert len(CORRUPT_KINDS) >= 15, "issue 3 asks for a corpus of at least 15 kinds"
     assert set(EXPECTED_REASON.values()) <= {
-        "empty", "bad-magic", "unknown-schema", "truncated", "type-mismatch", "trailing-bytes"}
+        "empty", "bad-magic", "unknown-schema", "truncated", "type-mismatch", "trailing-bytes",
+        "non-finite", "ts-out-of-range", "oversized", "duplicate-event-id", "bad-crc",
+        "unsupported-version", "invalid-utf8", "malformed-json", "too-deep", "missing-field"}
+
+
+def test_plan_mixes_frames_and_work_orders_into_the_time_line() -> None:
+    from sluice.generator import Frame, WorkOrder
+
+    items = plan(gen_cfg(seed=4, frame_share=0.1, maintenance_share=0.05), start_ms=0, step_ms=1)
+    readings = [i for i in items if isinstance(i, Reading)]
+    frames = [i for i in items if isinstance(i, Frame)]
+    orders = [i for i in items if isinstance(i, WorkOrder)]
+    assert (len(readings), len(frames), len(orders)) == (800, 80, 40)
+    assert len({f.event_id for f in frames}) == 80 and len({o.event_id for o in orders}) == 40
+    assert all(len(f.samples) == 64 and all(f32(x) == x for x in f.samples) for f in frames)
+    assert {o.kind for o in orders} == {"repair", "inspection", "part_replaced"}
+    assert all(bool(o.parts) == (o.kind == "part_replaced") for o in orders)
+    ts = [i.ts for i in items]
+    assert ts == sorted(ts)
+
+
+def test_work_order_document_round_trips_through_the_rust_decoder() -> None:
+    from sluice.generator import WorkOrder
+    from sluice.native import EventDecoder
+
+    w = WorkOrder("wo-1", "dev-0001", 5, "part_replaced", None, "seal \u2192 spare",
+                  (("P-1", 2),), (("priority", "2"), ("location", '{"bay":3,"row":"B"}')))
+    assert EventDecoder().decode(w.encode()) == (
+        "wo-1", "dev-0001", 5, "part_replaced", None, "seal \u2192 spare", [("P-1", 2)],
+        {"priority": "2", "location": '{"bay":3,"row":"B"}'})
 
 
 @pytest.mark.parametrize("step_ms", [1.0, 0.3, 2.5, 17.0])
