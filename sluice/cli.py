@@ -257,7 +257,8 @@ def generate(
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,
     live: Annotated[bool, typer.Option(help="stamp readings with the wall clock, paced at rate_eps")] = True,
 ) -> None:
-    """Produce the seeded synthetic telemetry stream to the telemetry topic."""
+    """Produce the seeded synthetic input: Avro telemetry (v1+v2+v3), binary sensor frames
+    and JSON work orders, with the corrupt records of every kind mixed in."""
     import time
 
     from sluice.generator import aligned_start, plan, produce
@@ -268,10 +269,13 @@ def generate(
         cfg = cfg.with_overrides(generator={"records": records})
     ensure_topics(cfg)
     step = 1000 / cfg.generator.rate_eps if cfg.generator.rate_eps else 1.0
-    start = int(time.time() * 1000) if live else aligned_start(cfg, int(cfg.generator.records * step))
+    items = plan(cfg, start_ms=0, step_ms=step)
+    start = int(time.time() * 1000) if live else aligned_start(cfg, int(len(items) * step))
     gen = produce(cfg, plan(cfg, start_ms=start, step_ms=step), live=live)
-    console.print(f"produced {len(gen.readings)} readings and {len(gen.corrupt)} corrupt records "
-                  f"to {cfg.topics.telemetry} in {gen.produce_seconds:.1f} s")
+    console.print(f"produced {len(gen.readings)} readings, {len(gen.frames)} sensor frames, "
+                  f"{len(gen.work_orders)} work orders and {len(gen.corrupt)} corrupt records "
+                  f"({', '.join(f'{t}: {n}' for t, n in gen.by_input().items())}) "
+                  f"in {gen.produce_seconds:.1f} s")
 
 
 def main() -> None:  # pragma: no cover

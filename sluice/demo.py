@@ -33,7 +33,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from sluice.config import REPO_ROOT, SluiceConfig, dump_config
-from sluice.generator import Generated, plan, produce
+from sluice.generator import Generated, plan, produce, topic_of
 from sluice.kafka_util import Record, check_transaction_timeout, delete_topics, ensure_topics, read_committed
 from sluice.registry import register_all
 
@@ -152,7 +152,8 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     n_in = len(items)
     watch = _Watch()
     stop_reading = threading.Event()
-    out_topics = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts]
+    out_topics = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts,
+                  cfg.topics.quality]
 
     def reader() -> None:
         read_committed(cfg, out_topics, until=lambda _: stop_reading.is_set(), max_wait=3600,
@@ -170,7 +171,7 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
             bar.update(t_job, completed=1, description="job running (exactly-once)")
             thread = threading.Thread(target=reader, daemon=True)
             thread.start()
-            t_prod = bar.add_task("producing telemetry (v1+v2+v3+bad)", total=n_in)
+            t_prod = bar.add_task("producing avro+frames+json (+bad)", total=n_in)
             t_out = bar.add_task("committed out + dlq (read_committed)", total=n_in)
             result: dict[str, Generated] = {}
 
@@ -212,12 +213,17 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     ]
     ids = {e["event_id"] for e in enriched}
     span = max(t_all_out - t_first_in, 1e-3)
+    quality = _decode_all(cfg, watch.records.get(cfg.topics.quality, []))
     summary: dict[str, Any] = {
         "records_in": gen.total,
+        "inputs": {topic_of(cfg, src): n for src, n in gen.by_input().items()},
+        "records_out_by_source": dict(Counter(e["source"] for e in enriched)),
         "records_out": len(enriched),
         "dlq": len(dlq),
         "dlq_by_reason": dict(Counter(d["reason"] for d in dlq)),
         "corrupt_injected": len(gen.corrupt),
+        "corrupt_kinds": len({c.kind for c in gen.corrupt}),
+        "quality": quality_summary(enriched, dlq, quality),
         "duplicates_out": len(enriched) - len(ids),
         "balanced": gen.total == len(enriched) + len(dlq) and len(ids) == len(enriched),
         "window_scores": watch.count(cfg.topics.scores),
@@ -236,6 +242,24 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     _latency_chart(latencies, cfg, out_dir / "latency.png")
     _print_summary(console, summary, out_dir)
     return summary
+
+
+def quality_summary(enriched: list[dict], dlq: list[dict], results: list[dict]) -> dict[str, Any]:
+    """What the quality checks did: records dead-lettered by a blocking expectation,
+    records passed with warnings (non-blocking), and the great-expectations audit."""
+    warned = Counter(w for e in enriched for w in e.get("quality_warnings") or [])
+    blocked = Counter(x for d in dlq if d["reason"] == "quality"
+                      for x in d.get("failed_expectations") or [])
+    ratios = [r["success_ratio"] for r in results if r.get("success_ratio") is not None]
+    return {
+        "blocked_records": sum(1 for d in dlq if d["reason"] == "quality"),
+        "blocked_by_expectation": dict(blocked.most_common()),
+        "warned_records": sum(1 for e in enriched if e.get("quality_warnings")),
+        "warnings_by_expectation": dict(warned.most_common()),
+        "audit_results": len(results),
+        "audit_success_ratio_min": min(ratios) if ratios else None,
+        "audit_success_ratio_mean": round(sum(ratios) / len(ratios), 4) if ratios else None,
+    }
 
 
 def _latency_chart(latencies: list[int], cfg: SluiceConfig, path: Path) -> None:
@@ -264,10 +288,17 @@ def _print_summary(console: Console, s: dict[str, Any], out_dir: Path) -> None:
     t.add_column(justify="right")
     rows = [
         ("records in", s["records_in"]),
+        *((f"  from {topic}", n) for topic, n in s["inputs"].items()),
         ("records out (telemetry.enriched)", s["records_out"]),
-        ("dead letters (dlq)", f'{s["dlq"]}  {s["dlq_by_reason"]}'),
-        ("corrupt records injected", s["corrupt_injected"]),
+        *((f"  {src.lower()}", n) for src, n in s["records_out_by_source"].items()),
+        ("dead letters (dlq)", s["dlq"]),
+        *((f"  {reason}", n) for reason, n in s["dlq_by_reason"].items()),
+        ("corrupt records injected", f'{s["corrupt_injected"]} ({s["corrupt_kinds"]} kinds)'),
         ("in = out + dlq, no duplicates", "yes" if s["balanced"] else "NO"),
+        ("quality: blocked / warned records",
+         f'{s["quality"]["blocked_records"]} / {s["quality"]["warned_records"]}'),
+        ("quality: GE audit results (min ratio)",
+         f'{s["quality"]["audit_results"]} ({s["quality"]["audit_success_ratio_min"]})'),
         ("window scores / alerts", f'{s["window_scores"]} / {s["alerts"]}'),
         ("throughput (input rate-limited)", f'{s["throughput_eps"]:.0f} events/s'),
         ("latency p50 / p99", f'{s["latency_ms_p50"]:.0f} / {s["latency_ms_p99"]:.0f} ms'),
