@@ -174,6 +174,8 @@ class Corrupt:
     device_id: str
     ts: int
     value: bytes | None  # None: a tombstone
+    # duplicate-event-id: the reading it repeats (the nearest earlier one in the plan).
+    of: Reading | None = None
 
     @property
     def input(self) -> str:
@@ -302,7 +304,12 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Item]:
         near = items[pos] if items else None
         dev = near.device_id if near is not None else devices[0]
         ts = near.ts if near is not None else start_ms
-        items.insert(pos, Corrupt(kind, dev, ts, b""))
+        of = None
+        if kind == "duplicate-event-id":
+            of = next((i for i in reversed(items[:pos]) if isinstance(i, Reading)), None)
+            if of is None:
+                raise ValueError("a duplicate-event-id needs a reading before it; raise records")
+        items.insert(pos, Corrupt(kind, dev, ts, b"", of))
     return items
 
 
@@ -325,7 +332,8 @@ class _Serializers:
         self.topic = cfg.topics.telemetry
         # The latest valid record per input: corrupt records are made from them.
         self.template: dict[str, bytes] = {}
-        self.last_reading: Reading | None = None
+        # Readings sent by this producer (as sent: live runs restamp them), by event id.
+        self.sent: dict[str, Reading] = {}
 
     def reading(self, r: Reading) -> bytes:
         ctx = SerializationContext(self.topic, MessageField.VALUE)
@@ -336,7 +344,7 @@ class _Serializers:
         src = TELEMETRY if isinstance(item, Reading) else FRAMES if isinstance(item, Frame) else MAINTENANCE
         self.template[src] = value
         if isinstance(item, Reading):
-            self.last_reading = item
+            self.sent[item.event_id] = item
         return value
 
     def _template(self, src: str, c: Corrupt) -> bytes:
@@ -384,10 +392,12 @@ class _Serializers:
         if k == "oversized":
             return self.reading(replace(base, writer="v2", firmware="x" * OVERSIZE_BYTES)), key
         if k == "duplicate-event-id":
-            if self.last_reading is None:
-                raise ValueError("duplicate-event-id needs an earlier reading to repeat")
-            # Same bytes, same key (same partition) as the reading it repeats.
-            return self.template[TELEMETRY], self.last_reading.device_id
+            if c.of is None:
+                raise ValueError("duplicate-event-id without the reading it repeats")
+            # Same bytes, same key (same partition) as the reading it repeats: as this
+            # producer sent it, or as planned when an earlier run sent it.
+            original = self.sent.get(c.of.event_id, c.of)
+            return self.reading(original), original.device_id
         if k == "bad-crc":
             mid = len(t) // 2
             return t[:mid] + bytes([t[mid] ^ 0x40]) + t[mid + 1:], key

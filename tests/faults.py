@@ -38,7 +38,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from sluice.config import SluiceConfig
-from sluice.generator import Corrupt, Generated, Reading, produce
+from sluice.generator import Generated, Item, produce
 from sluice.kafka_util import Record, admin, read_committed
 
 
@@ -310,12 +310,14 @@ def merge(parts: Sequence[Generated]) -> Generated:
     out = Generated()
     for g in parts:
         out.readings += g.readings
+        out.frames += g.frames
+        out.work_orders += g.work_orders
         out.corrupt += g.corrupt
         out.produce_seconds += g.produce_seconds
     return out
 
 
-def paced_produce(cfg: SluiceConfig, items: Sequence[Reading | Corrupt], *,
+def paced_produce(cfg: SluiceConfig, items: Sequence[Item], *,
                   rate_eps: float) -> Generated:
     """Produce ``items`` (planned, simulated event times) in one ``produce`` call throttled
     to about ``rate_eps`` records per second (it reports progress every 100 records)."""

@@ -62,7 +62,7 @@ from tests.pipeline_checks import check_against_oracle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 
-RECORDS = 4500  # readings (+ 9 corrupt records)
+RECORDS = 4500  # readings (+ 450 frames, 90 work orders, 29 corrupt records)
 STEP_MS = 20  # 90 s of event time: 18 five-second windows per device
 B_RATE_EPS = 200.0  # slice B is paced so the job is mid-stream when the fault hits
 
@@ -122,7 +122,8 @@ def run_with_taskmanager_kill(
         generator={"records": RECORDS},
     )
     ensure_topics(cfg)
-    items = plan(cfg, start_ms=aligned_start(cfg, RECORDS * STEP_MS), step_ms=STEP_MS)
+    items = plan(cfg, start_ms=0, step_ms=STEP_MS)
+    items = plan(cfg, start_ms=aligned_start(cfg, len(items) * STEP_MS), step_ms=STEP_MS)
     a, b, c = items[: len(items) // 3], items[len(items) // 3 : 2 * len(items) // 3], \
         items[2 * len(items) // 3 :]
     gen_a = produce(cfg, a)

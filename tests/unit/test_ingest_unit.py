@@ -15,10 +15,9 @@ from pathlib import Path
 
 import fastavro
 import pytest
-
-from sluice.registry import RetryPolicy, read_schema
 from pyflink.table.udf import FunctionContext
 
+from sluice.registry import RetryPolicy, read_schema
 from sluice.udfs import DeviceRef, Ingest, IngestLimits
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
