@@ -357,7 +357,7 @@ class Background(threading.Thread):
 
 class OutputWatch:
     """What a read_committed consumer sees on the output topics while the job runs:
-    records per topic, and the distinct input positions (source partition and offset)
+    records per topic, and the distinct input positions (source topic, partition, offset)
     that reached ``telemetry.enriched`` or ``dlq``; duplicates do not count twice there."""
 
     def __init__(self, cfg: SluiceConfig):
@@ -365,7 +365,7 @@ class OutputWatch:
         t = cfg.topics
         self.topics = [t.enriched, t.dlq, t.scores, t.alerts]
         self._counts: Counter[str] = Counter()
-        self._inputs: set[tuple[int, int]] = set()
+        self._inputs: set[tuple[str, int, int]] = set()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = Background(self._read, "output-watch")
@@ -376,7 +376,7 @@ class OutputWatch:
         pos = None
         if rec.topic in (self.cfg.topics.enriched, self.cfg.topics.dlq):
             v = self._de(rec.value, None)
-            pos = (v["source_partition"], v["source_offset"])
+            pos = (v["source_topic"], v["source_partition"], v["source_offset"])
         with self._lock:
             self._counts[rec.topic] += 1
             if pos is not None:
