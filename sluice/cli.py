@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from sluice.config import REPO_ROOT, ConfigError, SluiceConfig, load_config
@@ -169,15 +170,151 @@ def dlq_inspect(
             print(json.dumps(to_json(d)))
         return
     t = Table(title=f"{cfg.topics.dlq}: {len(letters)} dead letter(s) {by_reason(letters)}")
-    for col in ("source", "reason", "error", "schema id", "detail", "original value"):
+    # DeadLetter v2 fields; v1 records lack them, and empty columns are left out.
+    with_key = any(d.get("original_key") is not None for d in letters[:limit])
+    with_exp = any(d.get("failed_expectations") for d in letters[:limit])
+    cols = ["dlq", "source", "reason", "error", "schema id", "detail", "original value"]
+    cols += ["original key"] * with_key + ["failed expectations"] * with_exp
+    for col in cols:
         t.add_column(col, overflow="fold")
     for d in letters[:limit]:
-        t.add_row(
+        row = [
+            f'{d["dlq_partition"]}@{d["dlq_offset"]}',
             f'{d["source_topic"]}/{d["source_partition"]}@{d["source_offset"]}', d["reason"],
             d["error_class"], str(d["schema_id"] if d["schema_id"] is not None else "-"),
-            d["detail"][:120], preview(d["original_value"]),
-        )
+            escape(d["detail"][:120]), escape(preview(d["original_value"])),
+        ]
+        if with_key:
+            key = d.get("original_key")
+            row.append(escape(preview(key, width=16)) if key is not None else "-")
+        if with_exp:
+            row.append(escape(", ".join(d.get("failed_expectations") or []) or "-"))
+        t.add_row(*row)
     console.print(t)
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    config: ConfigOpt = None,
+    reason: Annotated[list[str] | None, typer.Option(
+        help="only this reason (repeatable), e.g. unknown-schema")] = None,
+    source_topic: Annotated[str | None, typer.Option(help="only dead letters read from this topic")] = None,
+    partition: Annotated[int | None, typer.Option(help="only this partition of the DLQ topic")] = None,
+    from_offset: Annotated[int | None, typer.Option(
+        help="DLQ offset to start at (needs --partition)")] = None,
+    to_offset: Annotated[int | None, typer.Option(
+        help="last DLQ offset, inclusive (needs --partition)")] = None,
+    since: Annotated[str | None, typer.Option(
+        help="dead-lettered at or after: 2h (ago), epoch ms, or ISO 8601 (UTC if no offset)")] = None,
+    until: Annotated[str | None, typer.Option(help="dead-lettered before (same forms as --since)")] = None,
+    limit: Annotated[int | None, typer.Option(
+        help="replay at most this many (not yet replayed) ones")] = None,
+    to_topic: Annotated[str | None, typer.Option(
+        help="replay into this topic instead of each dead letter's source topic")] = None,
+    include_tombstones: Annotated[bool, typer.Option(help="also replay null values")] = False,
+    timestamp: Annotated[str, typer.Option(
+        help="record timestamp: 'original' (the source record's) or 'now'")] = "original",
+    again: Annotated[bool, typer.Option(
+        help="also replay dead letters that are failed replays (skipped by default)")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        help="show what would be replayed and skipped; write nothing")] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON only")] = False,
+    show: Annotated[int, typer.Option(help="rows of the plan table to show")] = 50,
+) -> None:
+    """Re-inject dead letters into their source topic after a fix, each at most once.
+
+    Records and their entries in the ledger topic (topics.dlq_replays) are written in
+    one Kafka transaction; dead letters already in the ledger are skipped."""
+    from sluice.dlq_replay import ReplayError, Selection, replay_dead_letters
+
+    cfg = _config(config)
+    if timestamp not in ("original", "now"):
+        console.print(f"[red]--timestamp must be 'original' or 'now', not {timestamp!r}[/red]")
+        raise typer.Exit(2)
+    if as_json and not (yes or dry_run):
+        console.print("[red]--json needs --yes or --dry-run (there is no prompt in JSON mode)[/red]")
+        raise typer.Exit(2)
+    try:
+        sel = Selection.parse(
+            reasons=reason or (), source_topic=source_topic, partition=partition,
+            from_offset=from_offset, to_offset=to_offset, since=since, until=until, limit=limit,
+            include_tombstones=include_tombstones,
+        )
+    except ValueError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(2) from None
+    opts = {"to_topic": to_topic, "timestamp": timestamp, "again": again}
+    try:
+        plan = replay_dead_letters(cfg, sel, dry_run=True, **opts)  # type: ignore[arg-type]
+        if as_json and dry_run:
+            print(json.dumps(plan.summary()))
+            return
+        if not as_json:
+            console.print(_replay_plan_table(plan, show))
+            for w in plan.warnings:
+                console.print(f"[yellow]{escape(w)}[/yellow]")
+        if dry_run:
+            console.print(_replay_summary_table(plan))
+            return
+        if not plan.replayed:
+            if as_json:
+                print(json.dumps(plan.summary()))
+            else:
+                console.print(_replay_summary_table(plan))
+            return
+        if not yes:
+            typer.confirm(f"Replay {len(plan.replayed)} record(s)?", abort=True)
+        if as_json:
+            report = replay_dead_letters(cfg, sel, **opts)  # type: ignore[arg-type]
+            print(json.dumps(report.summary()))
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        with Progress("replaying", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      console=console, transient=True) as progress:
+            task = progress.add_task("replay", total=len(plan.replayed))
+
+            def advance(done: int, total: int) -> None:
+                progress.update(task, completed=done, total=total)
+
+            report = replay_dead_letters(cfg, sel, on_progress=advance, **opts)  # type: ignore[arg-type]
+    except (ReplayError, ValueError, TimeoutError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    console.print(_replay_summary_table(report))
+
+
+def _replay_plan_table(plan, show: int) -> Table:  # type: ignore[no-untyped-def]
+    from sluice.dlq import preview
+
+    t = Table(title=f"{plan.dlq_topic}: {plan.selected} dead letter(s) selected")
+    for col in ("dlq", "source", "reason", "original value", "action"):
+        t.add_column(col, overflow="fold")
+    rows = [(r.letter, f"[green]replay → {r.topic}" + (f"/{r.partition}" if r.partition >= 0 else ""))
+            for r in plan.replayed]
+    rows += [(d, f"[yellow]skip: {why}") for d, why in plan.skipped]
+    rows.sort(key=lambda x: (x[0].dlq_partition, x[0].dlq_offset))
+    for d, action in rows[:show]:
+        t.add_row(f"{d.dlq_partition}@{d.dlq_offset}",
+                  f"{d.source_topic}/{d.source_partition}@{d.source_offset}", d.reason,
+                  escape(preview(d.value)), action)
+    if len(rows) > show:
+        t.caption = f"{len(rows) - show} more not shown (--show N)"
+    return t
+
+
+def _replay_summary_table(report) -> Table:  # type: ignore[no-untyped-def]
+    t = Table(title="dry run: nothing written" if report.dry_run else
+              f"replay committed in {report.transactions} transaction(s)")
+    t.add_column("")
+    t.add_column("records", justify="right")
+    t.add_row("selected", str(report.selected))
+    t.add_row("would replay" if report.dry_run else "[green]replayed", str(len(report.replayed)))
+    for why, n in report.skipped_by_reason().items():
+        t.add_row(f"[yellow]skipped: {why}", str(n))
+    t.add_row("ledger", report.ledger_topic)
+    return t
 
 
 @app.command()

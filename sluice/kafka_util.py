@@ -21,12 +21,19 @@ def admin(cfg: SluiceConfig) -> AdminClient:
 
 
 def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: float = 30) -> None:
-    """Create the topics that do not exist yet (existing ones are left as they are)."""
+    """Create the topics that do not exist yet (existing ones are left as they are).
+
+    The DLQ replay ledger (``topics.dlq_replays``) is compacted: one entry per dead
+    letter, kept for as long as the topic exists.
+    """
     client = admin(cfg)
     wanted = topics if topics is not None else cfg.topics.all()
     existing = set(client.list_topics(timeout=timeout).topics)
     new = [
-        NewTopic(t, cfg.topics.partitions, cfg.topics.replication_factor)
+        NewTopic(
+            t, cfg.topics.partitions, cfg.topics.replication_factor,
+            config=_topic_config(cfg, t),
+        )
         for t in wanted
         if t not in existing
     ]
@@ -38,6 +45,20 @@ def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: f
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"cannot create topic {topic}: {exc}") from exc
+
+
+def _topic_config(cfg: SluiceConfig, topic: str) -> dict[str, str]:
+    if topic == cfg.topics.dlq_replays:
+        return {"cleanup.policy": "compact"}
+    return {}
+
+
+def topic_config(cfg: SluiceConfig, topic: str, timeout: float = 15) -> dict[str, str]:
+    """The effective configuration of one topic (broker defaults included)."""
+    client = admin(cfg)  # keep it alive until the future resolves
+    res = ConfigResource(ResourceType.TOPIC, topic)
+    configs = client.describe_configs([res])[res].result(timeout=timeout)
+    return {k: v.value for k, v in configs.items() if v.value is not None}
 
 
 def delete_topics(cfg: SluiceConfig, topics: list[str], timeout: float = 30) -> None:
@@ -90,6 +111,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     read_at_ms: int
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def _consumer(cfg: SluiceConfig, group: str) -> Consumer:
@@ -170,6 +192,66 @@ def read_committed(
                     on_record(rec)
             if batch:
                 last = time.monotonic()
+    finally:
+        c.close()
+    return out
+
+
+def read_to_end(
+    cfg: SluiceConfig,
+    topic: str,
+    *,
+    start: dict[int, int] | None = None,
+    partitions: list[int] | None = None,
+    max_wait: float = 120.0,
+) -> list[Record]:
+    """Every committed record of ``topic`` from ``start`` (per partition; default the
+    beginning) up to the end as it is when the call starts.
+
+    No idle-timeout guess: each partition is read until librdkafka reports its end
+    (for a read_committed consumer, the last stable offset). Raises ``TimeoutError``
+    when that takes longer than ``max_wait`` seconds.
+    """
+    c = Consumer(
+        {
+            **cfg.kafka.client_properties(),
+            "group.id": f"sluice-reader-{time.time_ns()}",
+            "isolation.level": "read_committed",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "enable.partition.eof": True,
+        }
+    )
+    out: list[Record] = []
+    try:
+        md = c.list_topics(topic, timeout=15).topics[topic]
+        if md.error is not None:
+            raise RuntimeError(f"topic {topic}: {md.error}")
+        wanted = sorted(md.partitions) if partitions is None else sorted(partitions)
+        missing = set(wanted) - set(md.partitions)
+        if missing:
+            raise ValueError(f"topic {topic} has no partition {sorted(missing)}")
+        begin = start or {}
+        c.assign([TopicPartition(topic, p, begin.get(p, 0)) for p in wanted])
+        pending = set(wanted)
+        deadline = time.monotonic() + max_wait
+        while pending:
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"{topic}: partitions {sorted(pending)} not read to the end in {max_wait} s"
+                )
+            read_at = int(time.time() * 1000)
+            for m in c.consume(1000, timeout=0.5):
+                err = m.error()
+                if err is not None:
+                    if err.code() == KafkaError._PARTITION_EOF:
+                        pending.discard(m.partition())
+                        continue
+                    raise RuntimeError(f"consumer error on {topic}: {err}")
+                out.append(Record(
+                    m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
+                    read_at, tuple(m.headers() or ()),
+                ))
     finally:
         c.close()
     return out
