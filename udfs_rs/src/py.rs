@@ -1086,14 +1086,13 @@ impl QualityChecker {
         ])
     }
 
-    /// Failures per expectation name since construction.
-    fn failure_counts(&self) -> HashMap<String, u64> {
-        self.core
-            .expectations
-            .iter()
-            .zip(&self.fails)
-            .map(|(e, c)| (e.name.clone(), c.load(Relaxed)))
-            .collect()
+    /// Failures per expectation name since construction (suite order).
+    fn failure_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (n, c) in self.names.iter().zip(&self.fails) {
+            d.set_item(n.bind(py), c.load(Relaxed))?;
+        }
+        Ok(d)
     }
 
     fn __repr__(&self) -> String {

@@ -12,9 +12,9 @@
 //!   always a failure.
 //! * between: Python comparison (`min <= v <= max`, `strict_*` make it `<`).
 //!   `bool` compares as 0/1, ints and floats compare exactly, `±inf` are
-//!   ordinary values; a string compares only with string bounds (code-point
-//!   order). A value that Python cannot compare with the bounds (GE raises
-//!   `TypeError` for the whole column) fails here.
+//!   ordinary values; bounds are numbers (GE 1.x rejects string bounds). A
+//!   value that Python cannot compare with the bounds, e.g. a str (GE raises
+//!   `TypeError` for the whole column), fails here.
 //! * in set: `pandas.Series.isin` on object dtype = Python `==` / `hash`:
 //!   `True == 1 == 1.0`, `-0.0 == 0`, `"1" != 1`.
 //! * regex: `re.search(regex, str(v))` (GE: `column.astype(str).str.contains`)
@@ -188,16 +188,13 @@ fn cmp_num(a: Num, b: Num) -> Option<Ordering> {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Bound {
     Num(Num),
-    Str(String),
 }
 
 impl Bound {
     /// `value <=> bound`, `None` when Python could not compare them.
     fn cmp_cell(&self, c: &Cell<'_>) -> Option<Ordering> {
-        match (self, c) {
-            (Bound::Str(b), Cell::Str(s)) => Some((*s).cmp(b.as_str())),
-            (Bound::Num(b), c) => cmp_num(c.num()?, *b),
-            _ => None,
+        match self {
+            Bound::Num(b) => cmp_num(c.num()?, *b),
         }
     }
 }
@@ -458,14 +455,15 @@ fn value_bound(
 ) -> Result<Option<Bound>, SluiceErr> {
     match kw.get(key) {
         None | Some(Json::Null) => Ok(None),
-        Some(Json::String(s)) => Ok(Some(Bound::Str(s.clone()))),
+        // great-expectations 1.x validates the bounds as float | date | datetime:
+        // a string bound is rejected by GE itself, so it is rejected here too.
         Some(v @ Json::Number(_)) => Ok(num_of(v).map(Bound::Num)),
         Some(Json::Object(o)) if o.contains_key("$PARAMETER") => Err(err(format!(
             "{}: {key} is a suite parameter ($PARAMETER); the per-record checks need literal values",
             what()
         ))),
         Some(v) => Err(err(format!(
-            "{}: {key} must be a number or a string, got {v}",
+            "{}: {key} must be a number (great-expectations 1.x rejects other bounds), got {v}",
             what()
         ))),
     }
@@ -707,22 +705,9 @@ impl Checker {
                                 what()
                             )))
                         }
-                        (Some(Bound::Str(_)), Some(Bound::Num(_)))
-                        | (Some(Bound::Num(_)), Some(Bound::Str(_))) => {
-                            return Err(err(format!(
-                                "{}: min_value and max_value must both be numbers or both strings",
-                                what()
-                            )))
-                        }
                         (Some(Bound::Num(a)), Some(Bound::Num(b)))
                             if cmp_num(*a, *b) == Some(Ordering::Greater) =>
                         {
-                            return Err(err(format!(
-                                "{}: min_value cannot be greater than max_value",
-                                what()
-                            )))
-                        }
-                        (Some(Bound::Str(a)), Some(Bound::Str(b))) if a > b => {
                             return Err(err(format!(
                                 "{}: min_value cannot be greater than max_value",
                                 what()
