@@ -15,7 +15,14 @@ import pytest
 
 from sluice.config import REPO_ROOT, load_config
 from sluice.generator import Reading, plan
-from sluice.quality import COLUMNS, compile_suite, load_suite, run_great_expectations, suite_path, to_dataframe
+from sluice.quality import (
+    COLUMNS,
+    compile_suite,
+    load_suite,
+    run_great_expectations,
+    suite_path,
+    to_dataframe,
+)
 
 pytestmark = pytest.mark.bench
 
