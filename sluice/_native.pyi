@@ -87,6 +87,8 @@ __all__ = [
     "MalformedJsonError",
     "MissingFieldError",
     "OversizedError",
+    "QualityChecker",
+    "QualitySuiteError",
     "SchemaError",
     "SluiceError",
     "TooDeepError",
@@ -225,6 +227,12 @@ class EncodeError(SluiceError):
     """Where it failed: dot-separated field names with ``[i]`` for array items and
     ``[key]`` for map values, e.g. ``"reading.temperature_c"`` or ``"items[3].tags[k]"``;
     ``""`` for the top-level value."""
+
+class QualitySuiteError(SluiceError):
+    """A great-expectations suite cannot be compiled into per-record checks: not JSON, not
+    the GE 1.x layout, an unsupported expectation type or kwarg, an unknown column, invalid
+    bounds, a suite parameter, or a regex the Rust engine cannot run exactly like Python's
+    ``re.search``. The message names the suite and the expectation."""
 
 @final
 class AvroDecoder:
@@ -424,3 +432,73 @@ class EventDecoder:
         or :class:`MalformedJsonError` (duplicate keys / bad escapes inside a value), and
         finally :class:`MissingFieldError`. ``data`` must be ``bytes``.
         """
+
+@final
+class QualityChecker:
+    """A great-expectations (1.x) ``ExpectationSuite`` compiled into per-record checks.
+
+    Supported per-record types: ``expect_column_values_to_not_be_null``, ``..._to_be_null``,
+    ``..._to_be_between`` (``min_value``/``max_value`` optional, ``strict_min``/``strict_max``),
+    ``..._to_be_in_set``, ``..._to_not_be_in_set``, ``..._to_match_regex``,
+    ``..._to_not_match_regex``, ``expect_column_value_lengths_to_be_between``,
+    ``expect_column_value_lengths_to_equal``. Batch-level types (``..._to_be_unique``,
+    ``expect_column_mean_to_be_between``, ``expect_table_row_count_to_be_between``, ...) are
+    kept for the audit path only (:attr:`audit_only`) and cannot be blocking; any other type
+    raises :class:`QualitySuiteError`.
+
+    Verdicts equal great-expectations' pandas engine on an ``object`` column, row by row:
+    ``None`` and float NaN are null and only the two null expectations look at them;
+    ``mostly`` is ignored (it only changes the batch verdict); between uses Python
+    comparison (``bool`` as 0/1, exact int/float, a str only against str bounds, an
+    incomparable value fails); sets use Python equality (``True == 1 == 1.0``); regexes
+    are ``re.search(regex, str(v))``; lengths are ``len(str(v))``.
+
+    Expectation names: ``meta.name`` if given, else ``"<type>(<column>)"``; unique per suite.
+    ``meta.blocking`` (default ``false``) decides the group a failure is reported in.
+    Counters are atomic; an instance may be shared across threads.
+    """
+
+    def __new__(cls, suite_json: str, columns: Sequence[str]) -> Self:
+        """Compile ``suite_json`` against the record layout ``columns`` (the order of the
+        tuples :meth:`check` receives). :class:`QualitySuiteError` if it cannot."""
+
+    def check(
+        self, record: tuple[Any, ...] | list[Any] | dict[str, Any]
+    ) -> tuple[list[str], list[str]] | None:
+        """``None`` if every per-record expectation passes, else ``(blocking, non_blocking)``
+        names of the failed ones in suite order. ``record`` is a tuple/list in column order
+        (``ValueError`` if its length differs) or a dict (a missing key reads as ``None``)."""
+
+    @property
+    def suite_name(self) -> str:
+        """The suite's ``name``."""
+
+    @property
+    def columns(self) -> list[str]:
+        """The record layout the suite was compiled against."""
+
+    @property
+    def names(self) -> list[str]:
+        """Names of the per-record expectations, in suite order."""
+
+    @property
+    def blocking(self) -> list[str]:
+        """Names of the blocking per-record expectations."""
+
+    @property
+    def non_blocking(self) -> list[str]:
+        """Names of the per-record expectations that are only counted."""
+
+    @property
+    def audit_only(self) -> list[str]:
+        """Names of the batch-level expectations only the audit path evaluates."""
+
+    def describe(self) -> list[tuple[str, str, str, bool]]:
+        """``[(name, type, column, blocking)]`` of the per-record expectations."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters since construction: ``records`` checked, ``blocked`` (a blocking
+        expectation failed), ``flagged`` (only non-blocking ones failed)."""
+
+    def failure_counts(self) -> dict[str, int]:
+        """Failed records per expectation name since construction."""

@@ -4,6 +4,7 @@ Thin re-export of :mod:`sluice._native` (built from ``udfs_rs/`` with maturin)::
 
     from sluice.native import AvroDecoder, AvroEncoder, DecodeError
     from sluice.native import EventDecoder, FrameDecoder, encode_frame
+    from sluice.native import QualityChecker, QualitySuiteError
 
 See ``sluice/_native.pyi`` for the documented API.
 """
@@ -52,6 +53,16 @@ try:
     )
 except ImportError as _exc:  # pragma: no cover - depends on the build state
     _STALE_BUILD = str(_exc)
+else:
+    _STALE_BUILD = ""
+
+# Data-quality checks, added after the frame/event decoders (same stale-build handling).
+try:
+    from sluice._native import QualityChecker, QualitySuiteError
+except ImportError as _exc:  # pragma: no cover - depends on the build state
+    _STALE_BUILD = _STALE_BUILD or str(_exc)
+
+if _STALE_BUILD:  # pragma: no cover - depends on the build state
 
     def __getattr__(name: str) -> object:
         if name in __all__:
@@ -76,6 +87,8 @@ __all__ = [
     "MalformedJsonError",
     "MissingFieldError",
     "OversizedError",
+    "QualityChecker",
+    "QualitySuiteError",
     "SchemaError",
     "SluiceError",
     "TooDeepError",

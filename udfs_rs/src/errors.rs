@@ -18,7 +18,8 @@
 //! │   ├── TooDeepError       "too-deep"                   (JSON)
 //! │   ├── MalformedJsonError "malformed-json"             (JSON)
 //! │   └── MissingFieldError  "missing-field"              (JSON)
-//! └── EncodeError            .reason .path
+//! ├── EncodeError            .reason .path
+//! └── QualitySuiteError      (a great-expectations suite the Rust checks cannot compile)
 //! ```
 //!
 //! Python exceptions are only materialised in [`SluiceErr::into_pyerr`], which
@@ -134,6 +135,13 @@ create_exception!(
     "A Python value could not be encoded. Attributes: reason (str), path (str)."
 );
 
+create_exception!(
+    sluice.native,
+    QualitySuiteError,
+    SluiceError,
+    "A great-expectations suite cannot be compiled into per-record checks (bad JSON, unsupported expectation type or kwarg, unknown column, a regex the Rust engine cannot run identically to Python's re.search). The message names the expectation."
+);
+
 /// Why a decode failed. `as_str` gives the stable reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeReason {
@@ -239,6 +247,8 @@ pub enum SluiceErr {
     Schema(String),
     Decode(Box<DecodeFailure>),
     Encode(Box<EncodeFailure>),
+    /// A data-quality suite that cannot be compiled (see `quality.rs`).
+    QualitySuite(String),
     /// A Python error raised while building / reading Python objects.
     Python(PyErr),
 }
@@ -349,6 +359,7 @@ impl SluiceErr {
         match self {
             SluiceErr::Python(e) => e,
             SluiceErr::Schema(_) => SchemaError::new_err(msg),
+            SluiceErr::QualitySuite(_) => QualitySuiteError::new_err(msg),
             SluiceErr::Decode(d) => {
                 let err = match d.reason {
                     DecodeReason::Empty => EmptyMessageError::new_err(msg),
@@ -397,7 +408,7 @@ impl SluiceErr {
 impl fmt::Display for SluiceErr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SluiceErr::Schema(m) => f.write_str(m),
+            SluiceErr::Schema(m) | SluiceErr::QualitySuite(m) => f.write_str(m),
             SluiceErr::Python(e) => write!(f, "{e}"),
             SluiceErr::Decode(d) => {
                 write!(f, "{}", d.reason.as_str())?;
@@ -558,5 +569,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     enc.setattr("reason", &none)?;
     enc.setattr("path", &none)?;
     m.add("EncodeError", enc)?;
+    m.add("QualitySuiteError", py.get_type::<QualitySuiteError>())?;
     Ok(())
 }

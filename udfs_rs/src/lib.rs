@@ -14,9 +14,10 @@
 //! * [`framing`] – Confluent wire header.
 //! * [`frames`]  – binary sensor frames (`sensor-frames` topic): decode, stats, encode.
 //! * [`events`]  – maintenance-event JSON (`maintenance-events` topic) via serde_json.
+//! * [`quality`] – great-expectations suites compiled to per-record checks.
 //! * [`errors`]  – the one error enum + Python exception hierarchy.
 //! * `py`        – pyo3 classes (`AvroDecoder`, `AvroEncoder`, `FrameDecoder`,
-//!   `EventDecoder`, ...).
+//!   `EventDecoder`, `QualityChecker`, ...).
 
 pub mod decode;
 pub mod encode;
@@ -25,6 +26,7 @@ pub mod events;
 pub mod frames;
 pub mod framing;
 mod py;
+pub mod quality;
 pub mod resolve;
 pub mod schema;
 pub mod value;
@@ -46,6 +48,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::FrameDecoder>()?;
     m.add_class::<py::EventDecoder>()?;
     m.add_function(wrap_pyfunction!(py::encode_frame, m)?)?;
+    m.add_class::<py::QualityChecker>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -2,7 +2,8 @@
 //!
 //! Also the decoders of the two non-Avro topics: `FrameDecoder` /
 //! `encode_frame` (binary sensor frames, `frames.rs`) and `EventDecoder`
-//! (maintenance-event JSON, `events.rs`).
+//! (maintenance-event JSON, `events.rs`), and `QualityChecker` (a
+//! great-expectations suite compiled to per-record checks, `quality.rs`).
 //!
 //! Thread-safety: every entry point uses the `Python` token pyo3 hands to the
 //! `#[pymethods]` (the module never calls `Python::attach` / `with_gil`, which
@@ -12,6 +13,7 @@
 //! only held for a lookup / insert, never while Python objects are built.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
 use pyo3::exceptions::PyValueError;
@@ -26,6 +28,7 @@ use crate::errors::{DecodeReason, IntoPyResult, SchemaError, SluiceErr};
 use crate::resolve::{Plan, RecordPlan};
 use crate::schema::{NamedKind, SchemaIr};
 use crate::value::Value;
+use crate::quality::{self, Cell};
 use crate::{events, frames, framing};
 
 /// Per named type of a schema: record field names or enum symbols as
@@ -860,6 +863,245 @@ impl EventDecoder {
         format!(
             "EventDecoder(max_bytes={}, max_depth={})",
             self.max_bytes, self.max_depth
+        )
+    }
+}
+
+// ------------------------------------------------------------ data quality
+
+/// A great-expectations suite compiled into per-record checks (`quality.rs`).
+#[pyclass(frozen, module = "sluice._native")]
+pub struct QualityChecker {
+    core: quality::Checker,
+    /// Interned expectation names, parallel to `core.expectations`.
+    names: Vec<Py<PyString>>,
+    /// Interned column names (dict records are read by key).
+    keys: Vec<Py<PyString>>,
+    /// Per column: read by some expectation / needs `str(v)`.
+    used: Vec<bool>,
+    text: Vec<bool>,
+    fails: Vec<AtomicU64>,
+    records: AtomicU64,
+    blocked: AtomicU64,
+    flagged: AtomicU64,
+}
+
+/// The [`Cell`] of one Python value. Strings are borrowed, not copied.
+fn quality_cell<'a>(v: &'a Bound<'_, PyAny>, text: bool) -> Cell<'a> {
+    if v.is_none() {
+        return Cell::Null;
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return match s.to_str() {
+            Ok(t) => Cell::Str(t),
+            Err(_) => Cell::Other(None), // lone surrogates: not representable in Rust
+        };
+    }
+    if let Ok(f) = v.cast::<PyFloat>() {
+        return Cell::float(f.value());
+    }
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Cell::Bool(b.is_true());
+    }
+    // int, and int-likes with __index__ (numpy integers).
+    if let Ok(i) = v.extract::<i64>() {
+        return Cell::Int(i);
+    }
+    let t = if text {
+        v.str().ok().and_then(|s| s.to_str().ok().map(str::to_owned))
+    } else {
+        None
+    };
+    Cell::Other(t)
+}
+
+impl QualityChecker {
+    fn names_of<'py>(
+        &self,
+        py: Python<'py>,
+        pick: impl Fn(&quality::Expectation) -> bool,
+    ) -> Vec<Bound<'py, PyString>> {
+        self.core
+            .expectations
+            .iter()
+            .zip(&self.names)
+            .filter(|(e, _)| pick(e))
+            .map(|(_, n)| n.bind(py).clone())
+            .collect()
+    }
+}
+
+#[pymethods]
+impl QualityChecker {
+    #[new]
+    fn new(py: Python<'_>, suite_json: &str, columns: Vec<String>) -> PyResult<Self> {
+        let core = quality::Checker::compile(suite_json, &columns).py_err(py)?;
+        let mut used = vec![false; columns.len()];
+        let mut text = vec![false; columns.len()];
+        for e in &core.expectations {
+            used[e.col] = true;
+            text[e.col] |= e.check.needs_text();
+        }
+        let names = core
+            .expectations
+            .iter()
+            .map(|e| PyString::intern(py, &e.name).unbind())
+            .collect();
+        let keys = columns
+            .iter()
+            .map(|c| PyString::intern(py, c).unbind())
+            .collect();
+        let fails = core.expectations.iter().map(|_| AtomicU64::new(0)).collect();
+        Ok(QualityChecker {
+            core,
+            names,
+            keys,
+            used,
+            text,
+            fails,
+            records: AtomicU64::new(0),
+            blocked: AtomicU64::new(0),
+            flagged: AtomicU64::new(0),
+        })
+    }
+
+    /// `None` when every expectation passes, else `(blocking, non_blocking)`
+    /// failed expectation names.
+    #[allow(clippy::type_complexity)]
+    fn check<'py>(
+        &self,
+        py: Python<'py>,
+        record: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<(Bound<'py, PyList>, Bound<'py, PyList>)>> {
+        let n = self.keys.len();
+        let mut items: Vec<Option<Bound<'py, PyAny>>> = Vec::with_capacity(n);
+        if let Ok(t) = record.cast::<PyTuple>() {
+            if t.len() != n {
+                return Err(PyValueError::new_err(format!(
+                    "record has {} values, the checker's columns are {n}",
+                    t.len()
+                )));
+            }
+            for (i, u) in self.used.iter().enumerate() {
+                items.push(if *u { Some(t.get_item(i)?) } else { None });
+            }
+        } else if let Ok(l) = record.cast::<PyList>() {
+            if l.len() != n {
+                return Err(PyValueError::new_err(format!(
+                    "record has {} values, the checker's columns are {n}",
+                    l.len()
+                )));
+            }
+            for (i, u) in self.used.iter().enumerate() {
+                items.push(if *u { Some(l.get_item(i)?) } else { None });
+            }
+        } else if let Ok(d) = record.cast::<PyDict>() {
+            for (k, u) in self.keys.iter().zip(&self.used) {
+                items.push(if *u { d.get_item(k.bind(py))? } else { None });
+            }
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+                "record must be a tuple, list or dict, got {}",
+                type_name(record)
+            )));
+        }
+        let cells: Vec<Cell<'_>> = items
+            .iter()
+            .zip(&self.text)
+            .map(|(v, t)| match v {
+                Some(v) => quality_cell(v, *t),
+                None => Cell::Null,
+            })
+            .collect();
+        let mut failed = Vec::new();
+        self.core.failures(&cells, &mut failed);
+        self.records.fetch_add(1, Relaxed);
+        if failed.is_empty() {
+            return Ok(None);
+        }
+        let blocking = PyList::empty(py);
+        let other = PyList::empty(py);
+        for i in failed {
+            self.fails[i].fetch_add(1, Relaxed);
+            let name = self.names[i].bind(py);
+            if self.core.expectations[i].blocking {
+                blocking.append(name)?;
+            } else {
+                other.append(name)?;
+            }
+        }
+        if blocking.is_empty() {
+            self.flagged.fetch_add(1, Relaxed);
+        } else {
+            self.blocked.fetch_add(1, Relaxed);
+        }
+        Ok(Some((blocking, other)))
+    }
+
+    #[getter]
+    fn suite_name(&self) -> &str {
+        &self.core.suite_name
+    }
+
+    #[getter]
+    fn columns(&self) -> Vec<String> {
+        self.core.columns.clone()
+    }
+
+    #[getter]
+    fn names<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyString>> {
+        self.names_of(py, |_| true)
+    }
+
+    #[getter]
+    fn blocking<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyString>> {
+        self.names_of(py, |e| e.blocking)
+    }
+
+    #[getter]
+    fn non_blocking<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyString>> {
+        self.names_of(py, |e| !e.blocking)
+    }
+
+    #[getter]
+    fn audit_only(&self) -> Vec<String> {
+        self.core.audit_only.iter().map(|a| a.name.clone()).collect()
+    }
+
+    /// `[(name, type, column, blocking)]` of the per-record expectations.
+    fn describe(&self) -> Vec<(String, String, String, bool)> {
+        self.core
+            .expectations
+            .iter()
+            .map(|e| (e.name.clone(), e.kind.clone(), e.column.clone(), e.blocking))
+            .collect()
+    }
+
+    /// Counters since construction: `records`, `blocked`, `flagged`.
+    fn stats(&self) -> HashMap<&'static str, u64> {
+        HashMap::from([
+            ("records", self.records.load(Relaxed)),
+            ("blocked", self.blocked.load(Relaxed)),
+            ("flagged", self.flagged.load(Relaxed)),
+        ])
+    }
+
+    /// Failures per expectation name since construction (suite order).
+    fn failure_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        for (n, c) in self.names.iter().zip(&self.fails) {
+            d.set_item(n.bind(py), c.load(Relaxed))?;
+        }
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "QualityChecker(suite={:?}, expectations={}, blocking={}, audit_only={})",
+            self.core.suite_name,
+            self.core.expectations.len(),
+            self.core.expectations.iter().filter(|e| e.blocking).count(),
+            self.core.audit_only.len()
         )
     }
 }

@@ -909,3 +909,212 @@ fn logical_types_keep_underlying_values() {
         long(5)
     );
 }
+
+// ------------------------------------------------------------ data quality
+
+mod quality_checks {
+    use crate::errors::SluiceErr;
+    use crate::quality::{py_float_repr, translate_py_regex, Cell, Checker};
+
+    fn cols(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    fn suite(exps: &str) -> String {
+        format!(r#"{{"name": "t", "expectations": [{exps}], "meta": {{}}}}"#)
+    }
+
+    fn checker(exps: &str) -> Checker {
+        Checker::compile(&suite(exps), &cols(&["x", "s"]))
+            .unwrap_or_else(|e| panic!("compile: {e}"))
+    }
+
+    fn compile_err(exps: &str) -> String {
+        match Checker::compile(&suite(exps), &cols(&["x", "s"])) {
+            Err(SluiceErr::QualitySuite(m)) => m,
+            Err(e) => panic!("wrong error kind: {e}"),
+            Ok(_) => panic!("should not compile: {exps}"),
+        }
+    }
+
+    /// Pass/fail of the single expectation of `c` on `x = v`.
+    fn passes(c: &Checker, v: Cell<'_>) -> bool {
+        let mut out = Vec::new();
+        c.failures(&[v, Cell::Null], &mut out);
+        out.is_empty()
+    }
+
+    #[test]
+    fn nulls_only_fail_the_null_expectations() {
+        let nn = checker(r#"{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}}"#);
+        assert!(!passes(&nn, Cell::Null));
+        assert!(!passes(&nn, Cell::float(f64::NAN)));
+        assert!(passes(&nn, Cell::Float(f64::INFINITY)));
+        assert!(passes(&nn, Cell::Str("")));
+        let n = checker(r#"{"type": "expect_column_values_to_be_null", "kwargs": {"column": "x"}}"#);
+        assert!(passes(&n, Cell::float(f64::NAN)));
+        assert!(!passes(&n, Cell::Int(0)));
+        let b = checker(
+            r#"{"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 0, "max_value": 1}}"#,
+        );
+        assert!(passes(&b, Cell::Null), "column-map expectations ignore nulls");
+    }
+
+    #[test]
+    fn between_bounds_strictness_and_mixed_numbers() {
+        let b = checker(
+            r#"{"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 0, "max_value": 1.5, "strict_max": true}}"#,
+        );
+        assert!(passes(&b, Cell::Int(0)));
+        assert!(passes(&b, Cell::Float(-0.0)));
+        assert!(passes(&b, Cell::Bool(true)), "True compares as 1");
+        assert!(!passes(&b, Cell::Float(1.5)), "strict max");
+        assert!(passes(&b, Cell::Float(1.4999999999999998)));
+        assert!(!passes(&b, Cell::Int(2)));
+        assert!(!passes(&b, Cell::Float(f64::INFINITY)));
+        assert!(!passes(&b, Cell::Float(f64::NEG_INFINITY)));
+        assert!(!passes(&b, Cell::Str("1")), "str vs numeric bounds cannot compare");
+        let big = checker(
+            r#"{"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "max_value": 9007199254740992.0}}"#,
+        );
+        // Python compares int and float exactly: 2**53 + 1 > 2.0**53.
+        assert!(passes(&big, Cell::Int(9_007_199_254_740_992)));
+        assert!(!passes(&big, Cell::Int(9_007_199_254_740_993)));
+        let m = compile_err(
+            r#"{"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": "b", "max_value": "d"}}"#,
+        );
+        assert!(m.contains("must be a number"), "{m}");
+    }
+
+    #[test]
+    fn sets_use_python_equality() {
+        let c = checker(
+            r#"{"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "x", "value_set": [1, "a", 2.5, 1e300, null]}}"#,
+        );
+        for v in [Cell::Int(1), Cell::Float(1.0), Cell::Bool(true), Cell::Str("a"), Cell::Float(2.5), Cell::Float(1e300)] {
+            assert!(passes(&c, v.clone()), "{v:?}");
+        }
+        for v in [Cell::Int(0), Cell::Str("1"), Cell::Str("A"), Cell::Float(2.4), Cell::Other(Some("a".into()))] {
+            assert!(!passes(&c, v.clone()), "{v:?}");
+        }
+        let z = checker(
+            r#"{"type": "expect_column_values_to_not_be_in_set", "kwargs": {"column": "x", "value_set": [0]}}"#,
+        );
+        assert!(!passes(&z, Cell::Float(-0.0)));
+        assert!(!passes(&z, Cell::Bool(false)));
+        assert!(passes(&z, Cell::Str("0")));
+    }
+
+    #[test]
+    fn regex_is_search_on_str_of_the_value() {
+        let c = checker(
+            r#"{"type": "expect_column_values_to_match_regex", "kwargs": {"column": "x", "regex": "^dev-[0-9]{4}$"}}"#,
+        );
+        assert!(passes(&c, Cell::Str("dev-0007")));
+        assert!(passes(&c, Cell::Str("dev-0007\n")), "Python's $ matches before a final newline");
+        assert!(!passes(&c, Cell::Str("dev-0007\n\n")));
+        assert!(!passes(&c, Cell::Str("xdev-0007")));
+        let t = checker(
+            r#"{"type": "expect_column_values_to_match_regex", "kwargs": {"column": "x", "regex": "e\\+|^True"}}"#,
+        );
+        assert!(passes(&t, Cell::Float(1e16)), "str(1e16) == '1e+16'");
+        assert!(!passes(&t, Cell::Float(1e15)));
+        assert!(passes(&t, Cell::Bool(true)));
+        let n = checker(
+            r#"{"type": "expect_column_values_to_not_match_regex", "kwargs": {"column": "x", "regex": "a"}}"#,
+        );
+        assert!(!passes(&n, Cell::Str("banana")));
+        assert!(passes(&n, Cell::Str("")));
+        assert!(!passes(&n, Cell::Other(None)), "no str(v): unexpected");
+    }
+
+    #[test]
+    fn lengths_count_code_points_of_str() {
+        let c = checker(
+            r#"{"type": "expect_column_value_lengths_to_be_between", "kwargs": {"column": "x", "min_value": 1, "max_value": 3, "strict_max": true}}"#,
+        );
+        assert!(passes(&c, Cell::Str("éé")));
+        assert!(!passes(&c, Cell::Str("")));
+        assert!(!passes(&c, Cell::Str("abc")));
+        assert!(passes(&c, Cell::Int(-1)));
+        assert!(!passes(&c, Cell::Bool(true)), "len('True') == 4");
+        let e = checker(
+            r#"{"type": "expect_column_value_lengths_to_equal", "kwargs": {"column": "x", "value": 3}}"#,
+        );
+        assert!(passes(&e, Cell::Float(f64::INFINITY)), "len('inf') == 3");
+        assert!(passes(&e, Cell::Str("😀😀😀")));
+    }
+
+    #[test]
+    fn float_repr_matches_python() {
+        let cases = [
+            (0.0, "0.0"),
+            (-0.0, "-0.0"),
+            (1.0, "1.0"),
+            (0.1, "0.1"),
+            (1e16, "1e+16"),
+            (1e15, "1000000000000000.0"),
+            (123456789012345678.0, "1.2345678901234568e+17"),
+            (0.0001, "0.0001"),
+            (0.00001, "1e-05"),
+            (1.5e-7, "1.5e-07"),
+            (-2.5e300, "-2.5e+300"),
+            (5e-324, "5e-324"),
+            (f64::INFINITY, "inf"),
+            (f64::NEG_INFINITY, "-inf"),
+            (12.345, "12.345"),
+        ];
+        for (x, want) in cases {
+            assert_eq!(py_float_repr(x), want, "{x:e}");
+        }
+    }
+
+    #[test]
+    fn regex_translation_accepts_and_rejects() {
+        for ok in ["^a$", "a$|^b", "(a|b$)", "[a-c-e]", "[]a]", "x{2,}", "x{,2}", "{", "a{x}", "\\.\\$", "(?P<n>a)", "(?:a)*?", "\\u00e9", ""] {
+            translate_py_regex(ok).unwrap_or_else(|e| panic!("{ok:?}: {e}"));
+        }
+        for bad in ["\\d", "[\\w]", "\\bx", "(?i)a", "(?=a)", "(a)\\1", "a$b", "(a$)+", "a**", "*a", "[[a]", "[a--b]", "[a&&b]", "a*+", "(a", "a)", "[a", "\\q", "\\0"] {
+            assert!(translate_py_regex(bad).is_err(), "{bad:?} should be rejected");
+        }
+    }
+
+    #[test]
+    fn compile_errors_name_the_expectation() {
+        let m = compile_err(r#"{"type": "expect_column_values_to_be_fancy", "kwargs": {"column": "x"}}"#);
+        assert!(m.contains("expect_column_values_to_be_fancy(x)") && m.contains("unsupported expectation type"), "{m}");
+        let m = compile_err(r#"{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "nope"}}"#);
+        assert!(m.contains("unknown column 'nope'"), "{m}");
+        let m = compile_err(r#"{"type": "expect_column_values_to_match_regex", "kwargs": {"column": "s", "regex": "\\d+"}, "meta": {"name": "digits"}}"#);
+        assert!(m.contains("'digits'") && m.contains("\\d"), "{m}");
+        let m = compile_err(r#"{"type": "expect_column_values_to_be_between", "kwargs": {"column": "x"}}"#);
+        assert!(m.contains("cannot both be null"), "{m}");
+        let m = compile_err(r#"{"type": "expect_column_values_to_be_between", "kwargs": {"column": "x", "min_value": 2, "max_value": 1}}"#);
+        assert!(m.contains("greater"), "{m}");
+        let m = compile_err(r#"{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x", "row_condition": "a>1"}}"#);
+        assert!(m.contains("row_condition"), "{m}");
+        let m = compile_err(r#"{"type": "expect_column_values_to_be_unique", "kwargs": {"column": "x"}, "meta": {"blocking": true}}"#);
+        assert!(m.contains("cannot be blocking"), "{m}");
+        let m = compile_err(
+            r#"{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}}, {"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}}"#,
+        );
+        assert!(m.contains("used twice"), "{m}");
+        assert!(matches!(Checker::compile("[]", &cols(&["x"])), Err(SluiceErr::QualitySuite(_))));
+        assert!(matches!(Checker::compile("{", &cols(&["x"])), Err(SluiceErr::QualitySuite(_))));
+    }
+
+    #[test]
+    fn names_blocking_and_audit_only() {
+        let c = checker(
+            r#"{"type": "expect_column_values_to_not_be_null", "kwargs": {"column": "x"}, "meta": {"blocking": true}},
+               {"type": "expect_column_values_to_be_in_set", "kwargs": {"column": "s", "value_set": ["a"], "mostly": 0.5}, "meta": {"name": "s-known"}},
+               {"type": "expect_column_values_to_be_unique", "kwargs": {"column": "x"}}"#,
+        );
+        let names: Vec<_> = c.expectations.iter().map(|e| (e.name.as_str(), e.blocking)).collect();
+        assert_eq!(names, [("expect_column_values_to_not_be_null(x)", true), ("s-known", false)]);
+        assert_eq!(c.audit_only[0].name, "expect_column_values_to_be_unique(x)");
+        let mut out = Vec::new();
+        c.failures(&[Cell::Null, Cell::Str("b")], &mut out);
+        assert_eq!(out, [0, 1]);
+    }
+}
