@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
 import site
 import sys
@@ -28,13 +29,14 @@ from pathlib import Path
 from pyflink.common import Configuration
 from pyflink.datastream import StreamExecutionEnvironment
 from pyflink.table import DataTypes, Schema, StatementSet, StreamTableEnvironment
-from pyflink.table.udf import udf
+from pyflink.table.udf import udaf, udf
 
 if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink run -py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sluice.config import SluiceConfig, load_config  # noqa: E402
 from sluice.kafka_util import check_transaction_timeout  # noqa: E402
+from sluice.quality import load_suite, suite_path  # noqa: E402
 from sluice.registry import RetryPolicy, output_schema, read_schema  # noqa: E402
 from sluice.udfs import (  # noqa: E402
     FRAMES,
@@ -42,6 +44,7 @@ from sluice.udfs import (  # noqa: E402
     MAINTENANCE,
     SCORE_RESULT,
     TELEMETRY,
+    AuditWindow,
     DeviceRef,
     DuplicateEvent,
     Ingest,
@@ -178,13 +181,14 @@ def _with_source_time(t_env: StreamTableEnvironment, query: str, name: str,  # t
     t_env.create_temporary_view(name, table)
 
 
-def load_suites(cfg: SluiceConfig) -> dict[str, str]:
-    """The great-expectations suite of each input that has one (JSON text)."""
+def load_suites(cfg: SluiceConfig) -> dict[str, dict]:
+    """The great-expectations suite of each input that has one, validated (a broken
+    suite fails the job at submit time, naming the file and the expectation)."""
     folder = cfg.path(cfg.quality.suites_dir)
     return {
-        src: (folder / f"{src}.json").read_text()
+        src: load_suite(suite_path(folder, src))
         for src in (TELEMETRY, FRAMES, MAINTENANCE)
-        if (folder / f"{src}.json").is_file()
+        if suite_path(folder, src).is_file()
     }
 
 
@@ -199,6 +203,7 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
     scores = output_schema(cfg, cfg.schemas.scores)
     alerts = output_schema(cfg, cfg.schemas.alerts)
     lim = cfg.ingest
+    suites = load_suites(cfg)
 
     ingest = Ingest(
         topics={cfg.topics.telemetry: TELEMETRY, cfg.topics.sensor_frames: FRAMES,
@@ -220,7 +225,7 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
             max_frame_samples=lim.max_frame_samples, min_ts_ms=lim.min_ts_ms,
             max_ts_skew_ms=lim.max_ts_skew_ms,
         ),
-        suites=load_suites(cfg),
+        suites={src: json.dumps(doc) for src, doc in suites.items()},
     )
     t_env.create_temporary_function("sluice_ingest", udf(ingest, result_type=INGEST_RESULT))
     duplicate = DuplicateEvent(dlq_schema=dlq.schema_str, dlq_id=dlq.schema_id,
@@ -237,12 +242,24 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
     )
     t_env.create_temporary_function("sluice_score", udf(score, result_type=SCORE_RESULT))
 
+    audit = cfg.quality.audit and bool(suites)
+    if audit:
+        quality = output_schema(cfg, cfg.schemas.quality)
+        auditor = AuditWindow(
+            suites=suites, enriched_schema=enriched.schema_str, enriched_id=enriched.schema_id,
+            quality_schema=quality.schema_str, quality_id=quality.schema_id,
+            window_ms=cfg.quality.audit_window_ms,
+        )
+        t_env.create_temporary_function(
+            "sluice_audit", udaf(auditor, result_type=DataTypes.BYTES(), func_type="pandas"))
+
     t_env.execute_sql(_source_ddl(cfg))
     for table, topic in (
         ("enriched_sink", cfg.topics.enriched),
         ("dlq_sink", cfg.topics.dlq),
         ("scores_sink", cfg.topics.scores),
         ("alerts_sink", cfg.topics.alerts),
+        ("quality_sink", cfg.topics.quality),
     ):
         t_env.execute_sql(_sink_ddl(cfg, table, topic))
 
@@ -288,6 +305,16 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
         "CAST(`offset` AS STRING)), sluice_duplicate(`value`, `key`, `topic`, "
         "`partition`, `offset`, `ts`, r.event_id, seen) FROM counted WHERE seen > 1")
     stmts.add_insert_sql("INSERT INTO scores_sink SELECT device_id, s.score_value FROM scored")
+    if audit:
+        # The audit path: per input and event-time window, great-expectations validates
+        # every record that reached the quality checks (accepted or blocked).
+        every = f"{cfg.quality.audit_window_ms / 1000:.3f}"
+        stmts.add_insert_sql(f"""
+            INSERT INTO quality_sink
+            SELECT src, sluice_audit(ev) FROM (
+                SELECT r.source AS src, COALESCE(r.audit, r.out_value) AS ev, rowtime
+                FROM ingested WHERE r.ok OR r.audit IS NOT NULL)
+            GROUP BY src, TUMBLE(rowtime, INTERVAL '{every}' SECOND)""")
     stmts.add_insert_sql(
         "INSERT INTO alerts_sink SELECT device_id, s.alert_value FROM scored WHERE s.is_alert"
     )

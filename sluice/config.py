@@ -304,6 +304,16 @@ class SluiceConfig(BaseModel):
         return self
 
     @model_validator(mode="after")
+    def _audit_needs_process_mode(self) -> SluiceConfig:
+        if self.quality.audit and self.job.python_execution_mode == "thread":
+            raise ValueError(
+                "quality.audit runs great-expectations in a pandas UDAF, which PyFlink runs in "
+                "process mode only: set job.python_execution_mode: process, or quality.audit: "
+                "false (the per-record Rust checks run in both modes)"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _exactly_once_invariant(self) -> SluiceConfig:
         interval = self.checkpoint.interval_ms
         timeout = self.kafka.transaction_timeout_ms

@@ -40,7 +40,7 @@ RARE_KINDS_BY_INPUT = {
     TELEMETRY: (
         "magic-byte-1", "empty", "tombstone", "garbage-body", "trailing-bytes",
         "nan-reading", "inf-reading", "far-past-ts", "far-future-ts", "oversized",
-        "duplicate-event-id",
+        "duplicate-event-id", "out-of-range-reading", "bad-device-id",
     ),
     FRAMES: ("bad-crc", "frame-truncated", "frame-bad-version", "frame-invalid-utf8"),
     MAINTENANCE: ("malformed-json", "invalid-utf8", "deep-json", "missing-field", "oversized-json"),
@@ -69,6 +69,9 @@ EXPECTED_REASON = {
     "oversized": "oversized",
     # The exact bytes of an earlier reading again (a producer retry gone wrong).
     "duplicate-event-id": "duplicate-event-id",
+    # Valid Avro, but failing a blocking expectation of schemas/expectations/telemetry.json.
+    "out-of-range-reading": "quality",
+    "bad-device-id": "quality",
     "bad-crc": "bad-crc",
     "frame-truncated": "truncated",
     "frame-bad-version": "unsupported-version",
@@ -78,6 +81,12 @@ EXPECTED_REASON = {
     "deep-json": "too-deep",
     "missing-field": "missing-field",
     "oversized-json": "oversized",
+}
+
+# The blocking expectations the `quality` kinds fail (DeadLetter.failed_expectations).
+EXPECTED_FAILED = {
+    "out-of-range-reading": ["expect_column_values_to_be_between(temperature_c)"],
+    "bad-device-id": ["expect_column_values_to_match_regex(device_id)"],
 }
 
 # Oversized values: bigger than the job's default ingest.max_record_bytes (64 KiB).
@@ -391,6 +400,10 @@ class _Serializers:
             return self.reading(replace(base, ts=c.ts + TEN_YEARS_MS)), key
         if k == "oversized":
             return self.reading(replace(base, writer="v2", firmware="x" * OVERSIZE_BYTES)), key
+        if k == "out-of-range-reading":
+            return self.reading(replace(base, temperature_c=999.0)), key
+        if k == "bad-device-id":
+            return self.reading(replace(base, device_id=f"device#{n}")), key
         if k == "duplicate-event-id":
             if c.of is None:
                 raise ValueError("duplicate-event-id without the reading it repeats")
@@ -469,6 +482,9 @@ def produce(
         if isinstance(item, Corrupt):
             value, key = ser.corrupt(item, n)
             item = replace(item, value=value)
+            if item.kind == "duplicate-event-id" and item.of is not None:
+                # A resend keeps the record timestamp of the reading it repeats.
+                item = replace(item, ts=ser.sent.get(item.of.event_id, item.of).ts)
             out.corrupt.append(item)
             source = item.input
         else:

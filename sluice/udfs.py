@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyflink.common import Row
-from pyflink.table import DataTypes
+from pyflink.table import AggregateFunction, DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction
 
 # Imported once at module load, not per record: eval() is the per-record hot path.
@@ -28,9 +28,11 @@ from sluice.native import (
     DecodeError,
     EventDecoder,
     FrameDecoder,
+    QualityChecker,
     SchemaError,
     UnknownSchemaError,
 )
+from sluice.quality import COLUMNS, validate_batch, window_bounds
 from sluice.registry import RegistryUnavailable, RetryPolicy, WriterSchemaCache
 
 # Field order of the reader schema (telemetry-value v3), as the decoder returns it.
@@ -44,11 +46,7 @@ TELEMETRY, FRAMES, MAINTENANCE = "telemetry", "sensor-frames", "maintenance-even
 _SOURCE_SYMBOL = {TELEMETRY: "TELEMETRY", FRAMES: "SENSOR_FRAME", MAINTENANCE: "MAINTENANCE"}
 
 # Per-record columns the quality suites see, per input (schemas/expectations/*.json).
-QUALITY_COLUMNS = {
-    TELEMETRY: _READER_FIELDS,
-    FRAMES: ("device_id", "ts", "sample_rate_hz", "n_samples", "rms", "peak_abs", "mean"),
-    MAINTENANCE: ("event_id", "device_id", "ts", "kind", "technician", "notes", "n_parts"),
-}
+QUALITY_COLUMNS = COLUMNS
 
 INGEST_RESULT = DataTypes.ROW(
     [
@@ -196,12 +194,8 @@ class Ingest(ScalarFunction):
         self.enriched_encoder = AvroEncoder(self.enriched_schema, self.enriched_id)
         self.dlq_encoder = AvroEncoder(self.dlq_schema, self.dlq_id)
         self.writers = WriterSchemaCache(self.registry_conf, self.registry_retry)
-        self.checkers = {}
-        if self.suites:
-            from sluice.quality import compile_suite_text
-
-            self.checkers = {src: compile_suite_text(text, QUALITY_COLUMNS[src])
-                             for src, text in self.suites.items()}
+        self.checkers = {src: QualityChecker(text, list(QUALITY_COLUMNS[src]))
+                         for src, text in self.suites.items()}
         # Ids the registry does not know, or whose schema cannot be resolved to the
         # reader: remembered so a burst of them costs one registry call, not one each.
         self.bad_ids: dict[int, tuple[str, str, str]] = {}
@@ -389,6 +383,79 @@ class DuplicateEvent(ScalarFunction):
             "DuplicateEventError", "duplicate-event-id",
             f"event id {event_id!r} was already accepted (occurrence {seen} within "
             f"ingest.dedup_ttl_ms = {self.ttl_ms})", None, self.job_name)
+
+
+def canonical_columns(event: dict[str, Any]) -> tuple[str, tuple]:
+    """A decoded canonical event (EnrichedReading v2, as a dict) → (input, the record
+    its quality suite checks): the very values Ingest handed to the Rust checks."""
+    e = event
+    if e["source"] == "SENSOR_FRAME":
+        f = e["frame"]
+        return FRAMES, (e["device_id"], e["ts"], f["sample_rate_hz"], f["n_samples"],
+                        e["vibration_rms"], f["peak_abs_g"], f["mean_g"])
+    if e["source"] == "MAINTENANCE":
+        m = e["maintenance"]
+        return MAINTENANCE, (e["event_id"], e["device_id"], e["ts"], m["kind"].lower(),
+                             m["technician"], m["notes"], len(m["parts"]))
+    return TELEMETRY, (e["event_id"], e["device_id"], e["ts"], e["temperature_c"],
+                       e["vibration_rms"], e["status"], e["humidity_pct"], e["firmware"],
+                       e["sample_count"])
+
+
+class AuditWindow(AggregateFunction):
+    """The audit path: a pandas UDAF over one input's canonical events of one event-time
+    window. It decodes them (Rust), validates the batch with great-expectations itself
+    against the input's suite, and returns the Avro-encoded QualityResult.
+
+    It sees every record that reached the quality checks (the accepted ones and the
+    ones a blocking expectation dead-lettered), so its ratios are comparable with the
+    Rust verdicts. Pandas UDAFs run in process mode only."""
+
+    def __init__(self, *, suites: dict[str, dict], enriched_schema: str, enriched_id: int,
+                 quality_schema: str, quality_id: int, window_ms: int) -> None:
+        self.suites = suites
+        self.enriched_schema, self.enriched_id = enriched_schema, enriched_id
+        self.quality_schema, self.quality_id = quality_schema, quality_id
+        self.window_ms = window_ms
+
+    def open(self, function_context: FunctionContext | None) -> None:
+        self.decoder = AvroDecoder(self.enriched_schema, record_as="dict")
+        self.decoder.add_writer_schema(self.enriched_id, self.enriched_schema)
+        self.encoder = AvroEncoder(self.quality_schema, self.quality_id)
+        self.counters = counters(function_context, "audit", ("batches", "records"))
+
+    # PyFlink runs a pandas UDAF as create_accumulator → accumulate(all Series) → get_value.
+    def create_accumulator(self) -> list:
+        return []
+
+    def accumulate(self, accumulator: list, *args: Any) -> None:
+        accumulator.append(self.eval(*args))
+
+    def get_value(self, accumulator: list) -> bytes | None:
+        return accumulator[0] if accumulator else None
+
+    def result(self, events: Any) -> dict[str, Any] | None:
+        rows: dict[str, list[tuple]] = {}
+        for value in events:
+            if value is None:
+                continue
+            source, cols = canonical_columns(self.decoder.decode(bytes(value))[1])
+            rows.setdefault(source, []).append(cols)
+        if not rows:
+            return None
+        # One input per group (the query groups by input); take it from the rows.
+        (source, batch), = rows.items()
+        start, end = window_bounds((r[QUALITY_COLUMNS[source].index("ts")] for r in batch),
+                                   self.window_ms)
+        self.counters["batches"].inc()
+        self.counters["records"].inc(len(batch))
+        return validate_batch(self.suites[source], batch, source=source,
+                              columns=QUALITY_COLUMNS[source], window_start=start,
+                              window_end=end)
+
+    def eval(self, events: Any) -> bytes | None:
+        result = self.result(events)
+        return None if result is None else bytes(self.encoder.encode(result))
 
 
 class ScoreWindow(ScalarFunction):

@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from sluice.generator import EXPECTED_REASON, Frame, Generated
+from sluice.generator import EXPECTED_FAILED, EXPECTED_REASON, Frame, Generated
 
 FLOAT_TOLERANCE = 1e-9
 
@@ -152,3 +152,85 @@ def expected_windows(
 def expected_dead_letters(gen: Generated) -> Counter[tuple[str, bytes | None, str]]:
     """(input, original bytes, reason) of every record the DLQ must hold, with multiplicity."""
     return Counter((c.input, c.value, EXPECTED_REASON[c.kind]) for c in gen.corrupt)
+
+
+# Expectation types with a per-record verdict (the rest are batch-level: audit only).
+ROW_TYPES = {
+    "expect_column_values_to_not_be_null", "expect_column_values_to_be_null",
+    "expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
+    "expect_column_values_to_not_be_in_set", "expect_column_values_to_match_regex",
+    "expect_column_values_to_not_match_regex", "expect_column_value_lengths_to_be_between",
+    "expect_column_value_lengths_to_equal",
+}
+
+
+def quality_rows(gen: Generated) -> dict[str, tuple[list[str], list[tuple]]]:
+    """Per input: (event ids, the records its suite checks), from the generator's input."""
+    tel = [(r.event_id, r.device_id, r.ts, r.temperature_c, r.vibration_rms, r.status,
+            r.humidity_pct if r.writer != "v1" else None, r.firmware if r.writer != "v1" else None,
+            r.sample_count if r.writer != "v1" else 1) for r in gen.readings]
+    frames = []
+    for f in gen.frames:
+        rms, peak, mean = frame_stats(f)
+        frames.append((f.device_id, f.ts, f.sample_rate_hz, len(f.samples), rms, peak, mean))
+    orders = [(w.event_id, w.device_id, w.ts, w.kind, w.technician, w.notes, len(w.parts))
+              for w in gen.work_orders]
+    return {
+        "telemetry": ([r.event_id for r in gen.readings], tel),
+        "sensor-frames": ([f"{f.device_id}/{f.ts}" for f in gen.frames], frames),
+        "maintenance-events": ([w.event_id for w in gen.work_orders], orders),
+    }
+
+
+def expected_warnings(gen: Generated, suites_dir: Path) -> dict[str, set[str]]:
+    """Event id → the non-blocking expectations it fails, as great-expectations itself
+    judges the whole input (COMPLETE result format, unexpected_index_list per
+    expectation): independent of the Rust checks the job runs. Valid input fails no
+    blocking expectation; that is asserted too."""
+    from sluice.quality import (
+        COLUMNS,
+        expectation_name,
+        is_blocking,
+        load_suite,
+        run_great_expectations,
+        to_dataframe,
+    )
+
+    out: dict[str, set[str]] = {}
+    for source, (ids, rows) in quality_rows(gen).items():
+        path = suites_dir / f"{source}.json"
+        if not rows or not path.is_file():
+            continue
+        suite = load_suite(path)
+        blocking = {expectation_name(e) for e in suite["expectations"] if is_blocking(e)}
+        res = run_great_expectations(suite, to_dataframe(rows, COLUMNS[source]), "COMPLETE")
+        for r in res.results:
+            cfg = r.expectation_config
+            if cfg.type not in ROW_TYPES:
+                continue
+            name = expectation_name({"type": cfg.type, "kwargs": cfg.kwargs, "meta": cfg.meta})
+            for i in r.result["unexpected_index_list"]:
+                assert name not in blocking, f"valid input {ids[i]} fails blocking {name}"
+                out.setdefault(ids[i], set()).add(name)
+    return out
+
+
+def expected_failed_expectations(kind: str) -> list[str]:
+    return EXPECTED_FAILED.get(kind, [])
+
+
+# Corrupt kinds that pass decoding and reach the quality checks (and so the audit).
+AUDITED_CORRUPT = {"out-of-range-reading", "bad-device-id", "duplicate-event-id"}
+
+
+def expected_audit_counts(gen: Generated, window_ms: int) -> Counter[tuple[str, int]]:
+    """(input, window start) → records the great-expectations audit must validate."""
+    out: Counter[tuple[str, int]] = Counter()
+    for src, items in (("telemetry", gen.readings), ("sensor-frames", gen.frames),
+                       ("maintenance-events", gen.work_orders)):
+        for i in items:
+            out[(src, i.ts - i.ts % window_ms)] += 1
+    for c in gen.corrupt:
+        if c.kind in AUDITED_CORRUPT:
+            out[(c.input, c.ts - c.ts % window_ms)] += 1
+    return out

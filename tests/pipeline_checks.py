@@ -72,11 +72,14 @@ def check_against_oracle(
     assert Counter(e["source"] for e in enriched) == Counter(
         {"TELEMETRY": len(gen.readings), "SENSOR_FRAME": len(gen.frames),
          "MAINTENANCE": len(gen.work_orders)}) - Counter()
+    warnings = oracle.expected_warnings(gen, cfg.path(cfg.quality.suites_dir))
+    assert any(warnings.values()), "the generated data must raise some non-blocking warnings"
     for e in enriched:
         want = exp_enriched[e["event_id"]]
         got = {k: e[k] for k in want}
         got["ts"] = _ms(got["ts"])
         assert got == want, e["event_id"]
+        assert set(e["quality_warnings"]) == warnings.get(e["event_id"], set()), e["event_id"]
 
     # The DLQ holds exactly the corrupt records, byte for byte, with their reasons
     # (a multiset: an empty value or a tombstone can occur more than once).
@@ -85,6 +88,9 @@ def check_against_oracle(
     got_dlq = Counter((input_of[d["source_topic"]], d["original_value"], d["reason"]) for d in dlq)
     assert len(dlq) == len(gen.corrupt), "DLQ size differs (missing or duplicate dead letters)"
     assert got_dlq == oracle.expected_dead_letters(gen)
+    want_failed = Counter((c.value, tuple(oracle.expected_failed_expectations(c.kind)))
+                          for c in gen.corrupt)
+    assert Counter((d["original_value"], tuple(d["failed_expectations"])) for d in dlq) == want_failed
     for d in dlq:
         assert d["job"] == cfg.job.name
         assert d["detail"]
@@ -105,6 +111,9 @@ def check_against_oracle(
         assert s["is_alert"] == w.is_alert
         assert math.isclose(s["score"], w.score, rel_tol=oracle.FLOAT_TOLERANCE)
 
+    if cfg.quality.audit:
+        check_audit(cfg, gen, out[cfg.topics.quality])
+
     alerts = {(a["device_id"], _ms(a["window_start"])): a for a in out[cfg.topics.alerts]}
     assert len(alerts) == len(out[cfg.topics.alerts]), "duplicate alerts"
     assert set(alerts) == set(exp_alerts)
@@ -114,3 +123,28 @@ def check_against_oracle(
     return out
 
 
+
+
+def check_audit(cfg: SluiceConfig, gen: Generated, results: list[dict]) -> None:
+    """One QualityResult per input and audit window, over exactly the records that
+    reached the quality checks, with every expectation of the suite evaluated; the
+    blocked records show up as unexpected values of their expectation."""
+    window = cfg.quality.audit_window_ms
+    want = oracle.expected_audit_counts(gen, window)
+    got = Counter()
+    for r in results:
+        key = (r["source"], _ms(r["window_start"]))
+        assert key not in got, f"two audit results for {key}"
+        got[key] = r["record_count"]
+        assert _ms(r["window_end"]) - _ms(r["window_start"]) == window
+        names = [e["name"] for e in r["expectations"]]
+        assert len(names) == r["evaluated_expectations"] > 0
+        assert 0 <= r["success_ratio"] <= 1
+        assert r["successful_expectations"] == sum(e["success"] for e in r["expectations"])
+    assert got == want, "audit batches differ from the records that reached the checks"
+    blocked = sum(
+        e["unexpected_count"] or 0 for r in results if r["source"] == "telemetry"
+        for e in r["expectations"]
+        if e["name"] in ("expect_column_values_to_be_between(temperature_c)",
+                         "expect_column_values_to_match_regex(device_id)"))
+    assert blocked == sum(c.kind in ("out-of-range-reading", "bad-device-id") for c in gen.corrupt)

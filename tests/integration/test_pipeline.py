@@ -21,6 +21,8 @@ def mini_run(request, stack: SluiceConfig, tmp_path_factory) -> tuple[SluiceConf
         stack, f"mini-{mode}",
         job={"bounded": True, "startup_mode": "earliest", "python_execution_mode": mode},
         generator={"records": RECORDS},
+        # The great-expectations audit is a pandas UDAF: process mode only.
+        quality={"audit": mode == "process"},
     )
     gen = produce_input(cfg)
     assert gen.corrupt and {r.writer for r in gen.readings} == {"v1", "v2", "v3"}

@@ -166,7 +166,8 @@ def test_expected_reasons_cover_every_corrupt_kind() -> None:
     assert set(EXPECTED_REASON.values()) <= {
         "empty", "bad-magic", "unknown-schema", "truncated", "type-mismatch", "trailing-bytes",
         "non-finite", "ts-out-of-range", "oversized", "duplicate-event-id", "bad-crc",
-        "unsupported-version", "invalid-utf8", "malformed-json", "too-deep", "missing-field"}
+        "unsupported-version", "invalid-utf8", "malformed-json", "too-deep", "missing-field",
+        "quality"}
 
 
 def test_plan_mixes_frames_and_work_orders_into_the_time_line() -> None:
