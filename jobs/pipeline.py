@@ -95,6 +95,10 @@ def flink_configuration(cfg: SluiceConfig) -> Configuration:
     conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
     # Deterministic uids for every SQL transformation, so savepoints map back.
     conf.set_string("table.exec.uid.generation", "ALWAYS")
+    # Periodic watermarks, explicitly: under `flink run` the interval otherwise comes from
+    # the client's context environment, where it was 0 (no watermark ever left the source,
+    # so windows fired only at the end of input or on stop-with-drain).
+    conf.set_string("pipeline.auto-watermark-interval", "200 ms")
     if cfg.window.idle_timeout_ms:
         conf.set_string("table.exec.source.idle-timeout", f"{cfg.window.idle_timeout_ms} ms")
     return conf

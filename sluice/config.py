@@ -189,7 +189,9 @@ class WindowConfig(_Section):
     size_ms: int = Field(default=10_000, gt=0)
     out_of_orderness_ms: int = Field(default=2_000, ge=0)
     # A partition without records for this long stops holding the watermark back.
-    idle_timeout_ms: int = Field(default=5_000, ge=0)
+    # Not shorter: a source that is idle when the job is stopped with --drain loses its
+    # final MAX_WATERMARK in Flink 2.2 (FLINK-40499), and the last windows never fire.
+    idle_timeout_ms: int = Field(default=30_000, ge=0)
 
 
 class IngestConfig(_Section):

@@ -449,7 +449,7 @@ def hanging_transactions(cfg: SluiceConfig, topics: Sequence[str]) -> dict[str, 
 def uncommitted_duplicates(cfg: SluiceConfig, topics: Sequence[str],
                            timeout: float = 60) -> tuple[int, int]:
     """Read ``topics`` (enriched and/or dlq) read_uncommitted to their ends; returns
-    (records, records whose input position, source partition and offset, was already
+    (records, records whose input position, source topic/partition/offset, was already
     seen). Aborted transactions' records are visible to such a consumer."""
     c = Consumer({
         **cfg.kafka.client_properties(),
@@ -482,6 +482,7 @@ def uncommitted_duplicates(cfg: SluiceConfig, topics: Sequence[str],
     with SchemaRegistryClient(cfg.registry.client_conf()) as client:
         de = AvroDeserializer(client)
         positions = Counter(
-            (d["source_partition"], d["source_offset"]) for d in (de(v, None) for v in values)
+            (d["source_topic"], d["source_partition"], d["source_offset"])
+            for d in (de(v, None) for v in values)
         )
     return len(values), sum(n - 1 for n in positions.values() if n > 1)

@@ -99,10 +99,15 @@ def check_against_oracle(
     # Window aggregates: exactly the oracle's, floats within tolerance.
     scores = {(s["device_id"], _ms(s["window_start"])): s for s in out[cfg.topics.scores]}
     assert len(scores) == len(out[cfg.topics.scores]), "duplicate window scores"
-    assert set(scores) == set(exp_windows)
+    missing, extra = set(exp_windows) - set(scores), set(scores) - set(exp_windows)
+    assert not missing and not extra, (
+        f"windows differ: {len(missing)} missing, e.g. {sorted(missing)[:5]}; {len(extra)} "
+        f"unexpected, e.g. {sorted(extra)[:5]}")
+    wrong_counts = {k: (scores[k]["count"], w.count) for k, w in exp_windows.items()
+                    if scores[k]["count"] != w.count}
+    assert not wrong_counts, f"window counts (got, want) differ: {list(wrong_counts.items())[:8]}"
     for key, w in exp_windows.items():
         s = scores[key]
-        assert s["count"] == w.count, key
         assert _ms(s["window_end"]) == w.window_end
         assert s["site_id"] == w.site_id
         assert math.isclose(s["mean"], w.mean, rel_tol=oracle.FLOAT_TOLERANCE), key
