@@ -130,6 +130,13 @@ class TopicsConfig(_Section):
     quality: str = "quality"
     # Compacted ledger of dead letters already replayed by `sluice dlq replay`.
     dlq_replays: str = "dlq.replays"
+    # Issues 4-5 (schemas registered now, jobs to come): the compacted device registry,
+    # window features, drift events, retraining requests and model rollouts.
+    devices: str = "devices"
+    features: str = "features"
+    drift: str = "drift"
+    retrain_triggers: str = "retrain-triggers"
+    model_updates: str = "model-updates"
     partitions: int = Field(default=2, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
@@ -140,7 +147,8 @@ class TopicsConfig(_Section):
     def all(self) -> list[str]:
         return [
             *self.inputs(), self.enriched, self.scores, self.alerts, self.dlq, self.quality,
-            self.dlq_replays,
+            self.dlq_replays, self.devices, self.features, self.drift, self.retrain_triggers,
+            self.model_updates,
         ]
 
 

@@ -24,7 +24,8 @@ def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: f
     """Create the topics that do not exist yet (existing ones are left as they are).
 
     The DLQ replay ledger (``topics.dlq_replays``) is compacted: one entry per dead
-    letter, kept for as long as the topic exists.
+    letter, kept for as long as the topic exists; so is the device registry
+    (``topics.devices``, the latest version per device).
     """
     client = admin(cfg)
     wanted = topics if topics is not None else cfg.topics.all()
@@ -48,7 +49,7 @@ def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: f
 
 
 def _topic_config(cfg: SluiceConfig, topic: str) -> dict[str, str]:
-    if topic == cfg.topics.dlq_replays:
+    if topic in (cfg.topics.dlq_replays, cfg.topics.devices):
         return {"cleanup.policy": "compact"}
     return {}
 
