@@ -389,6 +389,46 @@ def submit(
 
 
 @app.command()
+def verify(
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the machine-readable report")] = False,
+    idle_timeout: Annotated[float, typer.Option(help="seconds without records that end a read")] = 5.0,
+) -> None:
+    """Check a finished run against its own inputs: every input record accounted for
+    exactly once (canonical event or dead letter), in = out + dlq + late, windows and
+    alerts consistent with the canonical events, no hanging transactions. Exit code 1
+    when anything is off."""
+    import json
+
+    from sluice.verify import verify as run_verify
+
+    cfg = _config(config)
+    rep = run_verify(cfg, idle_timeout=idle_timeout)
+    if as_json:
+        print(json.dumps(rep.as_dict(), default=str))
+    else:
+        t = Table(title=f"sluice verify: {'OK' if rep.ok else 'FAILED'}", show_header=False)
+        t.add_column(style="bold")
+        t.add_column(justify="right")
+        for topic, n in rep.inputs.items():
+            t.add_row(f"in: {topic}", str(n))
+        t.add_row("out: canonical events", str(rep.enriched))
+        t.add_row("out: dead letters", f"{rep.dead_letters}  {rep.dlq_by_reason}")
+        t.add_row("late", str(rep.late))
+        t.add_row("in = out + dlq + late", "yes" if rep.balanced else "NO")
+        for name in ("missing", "duplicated", "duplicate_event_ids", "invented",
+                     "missing_windows", "unexpected_windows", "wrong_windows", "wrong_alerts"):
+            items = getattr(rep, name)
+            example = f"  e.g. {items[0]}" if items else ""
+            t.add_row(name.replace("_", " "), f"{len(items)}{example}")
+        t.add_row("windows checked", str(rep.windows))
+        t.add_row("hanging transactions", str(rep.hanging_transactions or 0))
+        console.print(t)
+    if not rep.ok:
+        raise typer.Exit(1)
+
+
+@app.command()
 def generate(
     config: ConfigOpt = None,
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,
