@@ -54,8 +54,19 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 
 SOURCES = tuple(COLUMNS)
 
+#: Expectation types with a per-record verdict (compiled to Rust); every other type is
+#: batch-level and only the audit path evaluates it.
+ROW_TYPES = frozenset({
+    "expect_column_values_to_not_be_null", "expect_column_values_to_be_null",
+    "expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
+    "expect_column_values_to_not_be_in_set", "expect_column_values_to_match_regex",
+    "expect_column_values_to_not_match_regex", "expect_column_value_lengths_to_be_between",
+    "expect_column_value_lengths_to_equal",
+})
+
 __all__ = [
     "COLUMNS",
+    "ROW_TYPES",
     "SOURCES",
     "AuditBatch",
     "AuditBatcher",

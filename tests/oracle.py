@@ -154,14 +154,6 @@ def expected_dead_letters(gen: Generated) -> Counter[tuple[str, bytes | None, st
     return Counter((c.input, c.value, EXPECTED_REASON[c.kind]) for c in gen.corrupt)
 
 
-# Expectation types with a per-record verdict (the rest are batch-level: audit only).
-ROW_TYPES = {
-    "expect_column_values_to_not_be_null", "expect_column_values_to_be_null",
-    "expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
-    "expect_column_values_to_not_be_in_set", "expect_column_values_to_match_regex",
-    "expect_column_values_to_not_match_regex", "expect_column_value_lengths_to_be_between",
-    "expect_column_value_lengths_to_equal",
-}
 
 
 def quality_rows(gen: Generated) -> dict[str, tuple[list[str], list[tuple]]]:
@@ -189,6 +181,7 @@ def expected_warnings(gen: Generated, suites_dir: Path) -> dict[str, set[str]]:
     blocking expectation; that is asserted too."""
     from sluice.quality import (
         COLUMNS,
+        ROW_TYPES,
         expectation_name,
         is_blocking,
         load_suite,

@@ -23,6 +23,7 @@ from sluice.config import REPO_ROOT, load_config
 from sluice.native import AvroDecoder, QualityChecker, QualitySuiteError, SluiceError
 from sluice.quality import (
     COLUMNS,
+    ROW_TYPES,
     SOURCES,
     AuditBatch,
     AuditBatcher,
@@ -40,13 +41,6 @@ SUITES = REPO_ROOT / "schemas" / "expectations"
 QUALITY_SCHEMA = (REPO_ROOT / "schemas" / "quality-value" / "v1.avsc").read_text()
 N_ROWS = 3000
 
-ROW_TYPES = {
-    "expect_column_values_to_not_be_null", "expect_column_values_to_be_null",
-    "expect_column_values_to_be_between", "expect_column_values_to_be_in_set",
-    "expect_column_values_to_not_be_in_set", "expect_column_values_to_match_regex",
-    "expect_column_values_to_not_match_regex", "expect_column_value_lengths_to_be_between",
-    "expect_column_value_lengths_to_equal",
-}
 
 # ------------------------------------------------------------------ datasets
 
