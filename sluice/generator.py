@@ -442,6 +442,96 @@ def topic_of(cfg: SluiceConfig, source: str) -> str:
             MAINTENANCE: cfg.topics.maintenance}[source]
 
 
+@dataclass(frozen=True)
+class Encoded:
+    """One item as it goes on the wire: topic, key, value and record timestamp."""
+
+    topic: str
+    key: bytes
+    value: bytes | None
+    ts: int
+    item: Item  # with its final ts (and, for corrupt ones, value)
+
+
+def _encode(cfg: SluiceConfig, ser: _Serializers, item: Item, n: int) -> Encoded:
+    key = item.device_id
+    if isinstance(item, Corrupt):
+        value, key = ser.corrupt(item, n)
+        item = replace(item, value=value)
+        if item.kind == "duplicate-event-id" and item.of is not None:
+            # A resend keeps the record timestamp of the reading it repeats.
+            item = replace(item, ts=ser.sent.get(item.of.event_id, item.of).ts)
+        source = item.input
+    else:
+        value = ser.encode(item)
+        source = (TELEMETRY if isinstance(item, Reading)
+                  else FRAMES if isinstance(item, Frame) else MAINTENANCE)
+    return Encoded(topic_of(cfg, source), key.encode(), value, item.ts, item)
+
+
+def encode_items(cfg: SluiceConfig, items: list[Item]) -> list[Encoded]:
+    """Serialize planned items now (the registry must be up), to send later with
+    :func:`produce_encoded`, e.g. while the registry is down."""
+    ser = _Serializers(cfg)
+    try:
+        return [_encode(cfg, ser, item, n) for n, item in enumerate(items)]
+    finally:
+        ser.client.close()
+
+
+def _producer(cfg: SluiceConfig) -> Producer:
+    return Producer({
+        **cfg.kafka.client_properties(),
+        "enable.idempotence": True,
+        "linger.ms": 5,
+        "compression.type": "lz4",
+        "message.max.bytes": 4 * OVERSIZE_BYTES,
+    })
+
+
+def _record(out: Generated, item: Item) -> None:
+    if isinstance(item, Corrupt):
+        out.corrupt.append(item)
+    elif isinstance(item, Reading):
+        out.readings.append(item)
+    elif isinstance(item, Frame):
+        out.frames.append(item)
+    else:
+        out.work_orders.append(item)
+
+
+def _send(producer: Producer, e: Encoded) -> None:
+    while True:
+        try:
+            producer.produce(e.topic, value=e.value, key=e.key, timestamp=e.ts)
+            return
+        except BufferError:
+            producer.poll(0.1)
+
+
+def _finish(producer: Producer, out: Generated, t0: float) -> Generated:
+    remaining = producer.flush(60)
+    if remaining:
+        raise RuntimeError(f"{remaining} input records were not delivered within 60 s")
+    out.produce_seconds = time.monotonic() - t0
+    return out
+
+
+def produce_encoded(cfg: SluiceConfig, encoded: list[Encoded], *, rate_eps: float = 0) -> Generated:
+    """Send items serialized earlier by :func:`encode_items` (no registry needed),
+    paced at ``rate_eps`` when it is above 0."""
+    producer, out, t0 = _producer(cfg), Generated(), time.monotonic()
+    for n, e in enumerate(encoded):
+        if rate_eps > 0:
+            ahead = t0 + n / rate_eps - time.monotonic()
+            if ahead > 0:
+                time.sleep(ahead)
+        _send(producer, e)
+        producer.poll(0)
+        _record(out, e.item)
+    return _finish(producer, out, t0)
+
+
 def produce(
     cfg: SluiceConfig,
     items: list[Item],
@@ -456,15 +546,7 @@ def produce(
     planned event times.
     """
     ser = _Serializers(cfg)
-    producer = Producer(
-        {
-            **cfg.kafka.client_properties(),
-            "enable.idempotence": True,
-            "linger.ms": 5,
-            "compression.type": "lz4",
-            "message.max.bytes": 4 * OVERSIZE_BYTES,
-        }
-    )
+    producer = _producer(cfg)
     out = Generated()
     rate = cfg.generator.rate_eps
     t0 = time.monotonic()
@@ -478,41 +560,14 @@ def produce(
             last_ts = max(int(time.time() * 1000), last_ts + 1)
             if item.ts != last_ts:
                 item = replace(item, ts=last_ts)
-        key = item.device_id
-        if isinstance(item, Corrupt):
-            value, key = ser.corrupt(item, n)
-            item = replace(item, value=value)
-            if item.kind == "duplicate-event-id" and item.of is not None:
-                # A resend keeps the record timestamp of the reading it repeats.
-                item = replace(item, ts=ser.sent.get(item.of.event_id, item.of).ts)
-            out.corrupt.append(item)
-            source = item.input
-        else:
-            value = ser.encode(item)
-            if isinstance(item, Reading):
-                out.readings.append(item)
-                source = TELEMETRY
-            elif isinstance(item, Frame):
-                out.frames.append(item)
-                source = FRAMES
-            else:
-                out.work_orders.append(item)
-                source = MAINTENANCE
-        while True:
-            try:
-                producer.produce(topic_of(cfg, source), value=value, key=key.encode(),
-                                 timestamp=item.ts)
-                break
-            except BufferError:
-                producer.poll(0.1)
+        e = _encode(cfg, ser, item, n)
+        _send(producer, e)
+        _record(out, e.item)
         producer.poll(0)
         if on_progress is not None and n % 100 == 0:
             on_progress(n)
     ser.client.close()
-    remaining = producer.flush(60)
-    if remaining:
-        raise RuntimeError(f"{remaining} input records were not delivered within 60 s")
-    out.produce_seconds = time.monotonic() - t0
+    _finish(producer, out, t0)
     if on_progress is not None:
         on_progress(len(items))
     return out
