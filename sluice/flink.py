@@ -23,16 +23,21 @@ def flink_run_command(
     detached: bool = False,
     job: Path = REPO_ROOT / "jobs" / "pipeline.py",
     extra_args: list[str] | None = None,
+    restore_path: str | None = None,
 ) -> list[str]:
     """``flink run`` for a sluice job on a cluster that shares this machine's venv.
 
     The TaskManagers' Python workers and the client use ``python``; for a remote
     cluster ship the venv instead (``-pyarch venv.zip -pyexec venv.zip/venv/bin/python``,
     docs/flink-run.md). Secrets stay in the environment, never on this command line.
+    ``restore_path``: a retained checkpoint or savepoint to start from (``-s``); the
+    job's parallelism may differ from the one that wrote it (up to its max parallelism).
     """
     cmd = [str(flink_binary()), "run"]
     if detached:
         cmd.append("-d")
+    if restore_path:
+        cmd += ["-s", restore_path]
     cmd += ["-pyexec", python, "-pyclientexec", python]
     for jar in cfg.job.jars:
         cmd += ["-j", str(cfg.path(jar).resolve())]

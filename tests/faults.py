@@ -1,4 +1,10 @@
-"""Fault-injection helpers for the recovery tests (tests/e2e/test_recovery.py).
+"""Fault-injection helpers for the recovery and fault tests (tests/e2e/test_recovery.py,
+tests/e2e/test_faults.py).
+
+* :class:`FaultScenario`: the shape every fault test shares: input slice A produced, the
+  job submitted with `flink run -d` and mid-stream (a completed checkpoint, committed
+  output, slice B being produced), the fault, then slice C and a stop with drain; the
+  exactly-once verdict (:func:`assert_exactly_once`) and the one-line report.
 
 * :class:`FlinkRest`: the standalone cluster's REST API (job state, checkpoints,
   restarts, stop-with-drain, cancel), always on loopback and never through a proxy.
@@ -15,6 +21,8 @@
   watermark per partition; EosTestDriver's check is that they are equal at the end.
 * :func:`uncommitted_duplicates`: what a read_uncommitted consumer sees twice
   (records of aborted transactions, or at-least-once replays).
+* :func:`python_workers` / :func:`kill_python_workers`: the TaskManager's Python UDF
+  worker processes (process mode), killed with SIGKILL.
 """
 
 from __future__ import annotations
@@ -38,8 +46,9 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from sluice.config import SluiceConfig
-from sluice.generator import Generated, Item, produce
-from sluice.kafka_util import Record, admin, read_committed
+from sluice.flink import flink_run_command
+from sluice.generator import Generated, Item, aligned_start, plan, produce
+from sluice.kafka_util import Record, admin, ensure_topics, read_committed
 
 
 class FaultError(AssertionError):
@@ -133,6 +142,13 @@ class FlinkRest:
     def completed_checkpoints(self, jid: str) -> int:
         return int(self.checkpoints(jid)["counts"]["completed"])
 
+    def latest_completed(self, jid: str) -> dict[str, Any]:
+        """The job's latest completed checkpoint (id, external_path, ...); fails if none."""
+        latest = (self.checkpoints(jid).get("latest") or {}).get("completed")
+        if not latest:
+            raise FaultError(f"job {jid} has no completed checkpoint")
+        return latest
+
     def restored_checkpoint(self, jid: str) -> dict[str, Any] | None:
         """The checkpoint the job last restored from (None if it never restored)."""
         return (self.checkpoints(jid).get("latest") or {}).get("restored")
@@ -173,6 +189,11 @@ class FlinkRest:
         self.wait(done, timeout, lambda: f"stop-with-drain of {jid} did not complete")
         self.wait_state(jid, ["FINISHED"], timeout)
         return location
+
+    def cancel_now(self, jid: str, timeout: float = 120) -> None:
+        """Cancel a running job (a fault, not a clean-up: any failure fails the test)."""
+        self.session.patch(f"{self.url}/jobs/{jid}?mode=cancel", timeout=10).raise_for_status()
+        self.wait_state(jid, ["CANCELED"], timeout)
 
     def cancel(self, jid: str) -> None:
         """Cancel the job unless it already ended (used in finally blocks)."""
@@ -301,6 +322,52 @@ def restore_taskmanager(run_dir: Path, rest: FlinkRest, old_ids: set[str],
 
 def taskmanager_ids(rest: FlinkRest) -> set[str]:
     return {tm["id"] for tm in rest.get("/taskmanagers")["taskmanagers"]}
+
+
+# =======================================================================================
+# Python UDF workers (process mode)
+# =======================================================================================
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    except OSError:
+        return ""
+
+
+def python_workers(tm_pid: int) -> dict[int, str]:
+    """The TaskManager's Python UDF workers: its descendants that run PyFlink's Beam
+    harness (``pyflink-udf-runner.sh`` → ``python -m pyflink.fn_execution.beam.beam_boot``
+    → the SDK worker), {pid: command line}."""
+    found = {p: _cmdline(p) for p in _descendants(tm_pid)}
+    return {p: c for p, c in found.items()
+            if "pyflink" in c and ("beam" in c or "udf-runner" in c or "fn_execution" in c)}
+
+
+@dataclass
+class WorkerKill:
+    tm_pid: int
+    at: float  # time.monotonic() of the SIGKILL
+    killed: dict[int, str] = field(default_factory=dict)
+    survivors: list[int] = field(default_factory=list)  # alive 10 s later (must be none)
+
+
+def kill_python_workers(tm_pid: int) -> WorkerKill:
+    """SIGKILL every Python UDF worker of the TaskManager ``tm_pid`` at once (the JVM
+    lives on). Fails if there is none: the job would not be in process mode."""
+    workers = python_workers(tm_pid)
+    if not workers:
+        raise FaultError(f"TaskManager {tm_pid} has no Python worker to kill: "
+                         f"{[_cmdline(p)[:120] for p in _descendants(tm_pid)]}")
+    kill = WorkerKill(tm_pid=tm_pid, at=time.monotonic(), killed=workers)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while [w for w in workers if _alive(w)] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    kill.survivors = [w for w in workers if _alive(w)]
+    return kill
 
 
 # =======================================================================================
@@ -486,3 +553,209 @@ def uncommitted_duplicates(cfg: SluiceConfig, topics: Sequence[str],
             for d in (de(v, None) for v in values)
         )
     return len(values), sum(n - 1 for n in positions.values() if n > 1)
+
+
+# =======================================================================================
+# The scenario every fault test shares
+# =======================================================================================
+RECORDS = 4500  # readings (+ 450 frames, 90 work orders, 29 corrupt records)
+STEP_MS = 20  # 90 s of event time: 18 five-second windows per device
+B_RATE_EPS = 200.0  # slice B is paced so the job is mid-stream when the fault hits
+
+
+def scenario_config(stack: SluiceConfig, name: str, tmp_path: Path, *, interval_ms: int,
+                    guarantee: str = "exactly-once", **job: Any) -> SluiceConfig:
+    """A config of its own for one fault run: unbounded from the earliest offsets, a few
+    restarts allowed, checkpoints retained under ``tmp_path``.
+
+    The sink's transaction timeout stays at the 15 min default (>= 10x the interval): a
+    transaction the fault left open must show up as hanging, not be tidied away by the
+    broker's timeout before the check runs."""
+    from tests.conftest import unique_config
+
+    return unique_config(
+        stack, name,
+        job={"startup_mode": "earliest", "bounded": False, "restart_attempts": 5,
+             "delivery_guarantee": guarantee, **job},
+        checkpoint={"interval_ms": interval_ms, "dir": f"file://{tmp_path / 'checkpoints'}"},
+        generator={"records": RECORDS},
+    )
+
+
+def submit_detached(cfg: SluiceConfig, conf_dir: Path, tmp_path: Path, *,
+                    job: Path | None = None, extra_args: list[str] | None = None,
+                    restore_path: str | None = None) -> str:
+    """`flink run -d` of the pipeline (or ``job``) with ``cfg``; the new job's id."""
+    from tests.conftest import PYTHON, run_job, write_config
+
+    kw: dict[str, Any] = {"job": job} if job is not None else {}
+    folder = tmp_path / f"submit-{time.time_ns()}"  # one config per submission
+    folder.mkdir(parents=True)
+    cfg_path = write_config(cfg, folder)
+    cmd = flink_run_command(cfg, cfg_path, python=PYTHON, detached=True,
+                            extra_args=extra_args, restore_path=restore_path, **kw)
+    out = run_job(cmd, timeout=300, env={"FLINK_CONF_DIR": str(conf_dir)})
+    return job_id_from_output(out)
+
+
+def assert_exactly_once(cfg: SluiceConfig, gen: Generated) -> None:
+    """No hanging transaction on any output (EosTestDriver), and the output equals the
+    independent oracle: nothing missing, duplicated or wrong."""
+    from tests.pipeline_checks import check_against_oracle
+
+    outputs = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts]
+    hanging = hanging_transactions(cfg, outputs)
+    assert hanging == {}, f"hanging transactions (partition: LSO, HW): {hanging}"
+    check_against_oracle(cfg, gen, cfg.path(cfg.reference.devices_csv))
+
+
+def exception_texts(rest: FlinkRest, jid: str) -> list[str]:
+    """The job's exception history: name and stack trace of each failure."""
+    return [f"{e.get('exceptionName', '')}: {e.get('stacktrace', '')}" for e in rest.exceptions(jid)]
+
+
+class FaultScenario:
+    """Slice A produced, the job submitted (`flink run -d`) and mid-stream, the fault hits
+    while slice B is produced, slice C after recovery, then all input must come out and
+    the job stops with drain (the final windows fire, the last transactions commit).
+
+    The input is the generator's seeded plan in simulated event time, in three slices. So
+    at the moment of the fault some but never all output is committed, at least one
+    checkpoint has completed, and records are in flight. Use as a context manager: it
+    watches the committed output throughout and cancels every job it submitted on exit
+    (a no-op for jobs that finished)."""
+
+    def __init__(self, cfg: SluiceConfig, conf_dir: Path, tmp_path: Path, run_dir: Path):
+        from sluice.stack import status
+
+        self.cfg, self.conf_dir, self.tmp_path = cfg, conf_dir, tmp_path
+        self.io_topics = (cfg.topics.enriched, cfg.topics.dlq)
+        self.rest = FlinkRest(str(status(run_dir).flink_rest_url))
+        self.timings: dict[str, float] = {}
+        self.jobs: list[str] = []
+        self._t0 = time.monotonic()
+        ensure_topics(cfg)
+        items = plan(cfg, start_ms=0, step_ms=STEP_MS)
+        items = plan(cfg, start_ms=aligned_start(cfg, len(items) * STEP_MS), step_ms=STEP_MS)
+        n = len(items)
+        self.a, self.b, self.c = items[: n // 3], items[n // 3 : 2 * n // 3], items[2 * n // 3 :]
+        self.gen_a = Generated()
+        self.producer_b: Background | None = None
+        self.checkpoint_before_b = 0
+        self.watch = OutputWatch(cfg)
+
+    def __enter__(self) -> FaultScenario:
+        self.watch.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            self.watch.__exit__(*exc)
+        finally:
+            for jid in self.jobs:
+                self.rest.cancel(jid)  # no-op when it ended; a failed test leaves no job
+            self.rest.close()
+
+    def mark(self, what: str) -> None:
+        self.timings[what] = round(time.monotonic() - self._t0, 1)
+
+    def visible(self) -> int:
+        """Committed enriched + dlq records (duplicates included)."""
+        return self.watch.count(*self.io_topics)
+
+    def submit(self, cfg: SluiceConfig | None = None, **kw: Any) -> str:
+        jid = submit_detached(cfg or self.cfg, self.conf_dir, self.tmp_path, **kw)
+        self.jobs.append(jid)
+        self.mark(f"submitted {jid[:8]}")
+        return jid
+
+    def warn_other_jobs(self, jid: str) -> None:
+        """The TaskManager is shared: a fault on it hits every job there. Another
+        engineer's job on the same local cluster would be hit too, so say so."""
+        others = [j["jid"] for j in self.rest.running_jobs() if j["jid"] not in self.jobs]
+        if others:
+            print(f"warning: other jobs run on the cluster and will see the fault too: {others}")
+
+    def start(self, **submit: Any) -> str:
+        """Produce A, submit, and return once the job is mid-stream: running, a completed
+        checkpoint and committed output, then B paced in the background and part of B's
+        output visible (exactly-once: committed by a checkpoint taken during B). B is still
+        being produced, so records are in flight; C is not, so never all output is out."""
+        self.gen_a = produce(self.cfg, self.a)
+        self.mark("input A produced")
+        jid = self.submit(**submit)
+        rest = self.rest
+        rest.wait_fully_running(jid, 180)
+        self.mark("running")
+        rest.wait(lambda: rest.completed_checkpoints(jid) >= 1 and self.visible() > 0, 120,
+                  lambda: f"no checkpoint / output yet ({self.visible()} out)")
+        self.checkpoint_before_b = int(rest.latest_completed(jid)["id"])
+        self.mark("first checkpoint + output")
+        self.producer_b = Background(
+            lambda: paced_produce(self.cfg, self.b, rate_eps=B_RATE_EPS), "produce-B")
+        self.producer_b.start()
+        rest.wait(lambda: self.visible() >= len(self.a) + 100, 60,
+                  lambda: f"B's output not visible ({self.visible()} out)")
+        self.mark("B's output visible")
+        self.warn_other_jobs(jid)
+        return jid
+
+    def wait_open_transaction(self, timeout: float = 8) -> int:
+        """Aim the fault at an open transaction holding records (HW ahead of the LSO);
+        returns the offsets it holds (0: none seen within ``timeout``, fault anyway).
+
+        Python bundles flush at the checkpoint barrier, so such a transaction mostly
+        belongs to the checkpoint in progress: hit before that checkpoint completes, it
+        must be aborted and its records replayed; hit after, the restored job must commit
+        it, once. Both are exactly-once paths."""
+        probe = TransactionProbe(self.cfg, list(self.io_topics))
+        held = 0
+
+        def txn_open() -> bool:
+            nonlocal held
+            held = sum(hw - lso for lso, hw in probe.lag().values())
+            return held > 0
+
+        with contextlib.suppress(FaultError):
+            self.rest.wait(txn_open, timeout, lambda: "no open transaction seen", interval=0.005)
+        return held
+
+    def wait_recovered(self, jid: str, since: float, timeout: float = 180) -> float:
+        """Wait until ``jid`` restarted (numRestarts >= 1) and runs again; the seconds
+        since ``since`` (a time.monotonic())."""
+        rest = self.rest
+        rest.wait(lambda: rest.num_restarts(jid) >= 1 and rest.fully_running(jid), timeout,
+                  lambda: f"job {jid} did not restart (state {rest._safe_state(jid)}, "
+                  f"{rest.num_restarts(jid)} restarts)")
+        self.mark("job running again")
+        return round(time.monotonic() - since, 1)
+
+    def finish(self, jid: str) -> Generated:
+        """The rest of B, then C; wait until every input record came out (stop-with-drain
+        ends the sources where they are), then stop with drain. Returns all input."""
+        assert self.producer_b is not None, "start() first"
+        gen_b = self.producer_b.result(120)
+        gen_c = produce(self.cfg, self.c)
+        gen = merge([self.gen_a, gen_b, gen_c])
+        self.mark("input C produced")
+        self.rest.wait(lambda: self.watch.inputs_out() >= gen.total, 180,
+                       lambda: f"only {self.watch.inputs_out()} of {gen.total} input records "
+                       f"came out; open transactions (partition: LSO, HW): "
+                       f"{hanging_transactions(self.cfg, list(self.io_topics))}")
+        self.mark("all input out")
+        self.rest.stop_with_drain(jid, self.tmp_path / "savepoints")
+        self.mark("stopped with drain")
+        return gen
+
+
+def report(fault: str, gen: Generated, *, restarts: int, restored: dict[str, Any] | None,
+           recovery_seconds: float, **details: Any) -> str:
+    """The one line a fault test prints (quoted in closing notes)."""
+    extra = "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())
+    line = (f"{fault}: {gen.total} records checked ({len(gen.readings)} readings, "
+            f"{len(gen.corrupt)} corrupt), 0 missing / 0 duplicated / 0 wrong, no hanging "
+            f"transactions; restarts {restarts}; restored checkpoint "
+            f"{(restored or {}).get('id')}; recovery {recovery_seconds} s"
+            + (f"; {extra}" if extra else ""))
+    print("\n" + line)
+    return line

@@ -36,24 +36,16 @@ from pathlib import Path
 import pytest
 
 from sluice.config import SluiceConfig
-from sluice.flink import flink_run_command
-from sluice.generator import Generated, aligned_start, plan, produce
-from sluice.kafka_util import ensure_topics
+from sluice.generator import Generated
 from sluice.stack import status
-from tests.conftest import PYTHON, RUN_DIR, run_job, unique_config, write_config
+from tests.conftest import RUN_DIR
 from tests.faults import (
-    Background,
-    FaultError,
-    FlinkRest,
+    FaultScenario,
     Kill,
-    OutputWatch,
-    TransactionProbe,
-    hanging_transactions,
-    job_id_from_output,
+    assert_exactly_once,
     kill_taskmanager,
-    merge,
-    paced_produce,
     restore_taskmanager,
+    scenario_config,
     taskmanager_ids,
     taskmanager_target,
     uncommitted_duplicates,
@@ -61,10 +53,6 @@ from tests.faults import (
 from tests.pipeline_checks import check_against_oracle
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-RECORDS = 4500  # readings (+ 450 frames, 90 work orders, 29 corrupt records)
-STEP_MS = 20  # 90 s of event time: 18 five-second windows per device
-B_RATE_EPS = 200.0  # slice B is paced so the job is mid-stream when the fault hits
 
 
 @dataclass
@@ -85,152 +73,55 @@ class Outcome:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _submit_detached(cfg: SluiceConfig, conf_dir: Path, tmp_path: Path) -> str:
-    cmd = flink_run_command(cfg, write_config(cfg, tmp_path), python=PYTHON, detached=True)
-    out = run_job(cmd, timeout=300, env={"FLINK_CONF_DIR": str(conf_dir)})
-    return job_id_from_output(out)
-
-
-def _only_job(rest: FlinkRest, jid: str) -> None:
-    """The TaskManager is shared: killing it fails every job on it. Another engineer's
-    job on the same local cluster would be hit too, so say so instead of hiding it."""
-    others = [j["jid"] for j in rest.running_jobs() if j["jid"] != jid]
-    if others:
-        print(f"warning: other jobs run on the cluster and will see the fault too: {others}")
-
-
 def run_with_taskmanager_kill(
     stack: SluiceConfig, conf_dir: Path, tmp_path: Path, *,
     name: str, guarantee: str, interval_ms: int,
 ) -> Outcome:
     if not status(RUN_DIR).components["flink-taskmanager"].running:
         pytest.skip("no TaskManager of the local stack to kill (external cluster?)")
-    t_start = time.monotonic()
-    timings: dict[str, float] = {}
-
-    def mark(what: str) -> None:
-        timings[what] = round(time.monotonic() - t_start, 1)
-
-    cfg = unique_config(
-        stack, name,
-        job={"startup_mode": "earliest", "bounded": False, "restart_attempts": 5,
-             "delivery_guarantee": guarantee},
-        # The sink's transaction timeout stays at the 15 min default (>= 10x the
-        # interval): a transaction the failure left open must show up as hanging,
-        # not be tidied away by the broker's timeout before the check runs.
-        checkpoint={"interval_ms": interval_ms, "dir": f"file://{tmp_path / 'checkpoints'}"},
-        generator={"records": RECORDS},
-    )
-    ensure_topics(cfg)
-    items = plan(cfg, start_ms=0, step_ms=STEP_MS)
-    items = plan(cfg, start_ms=aligned_start(cfg, len(items) * STEP_MS), step_ms=STEP_MS)
-    a, b, c = items[: len(items) // 3], items[len(items) // 3 : 2 * len(items) // 3], \
-        items[2 * len(items) // 3 :]
-    gen_a = produce(cfg, a)
-    mark("input A produced")
-
-    rest = FlinkRest(str(status(RUN_DIR).flink_rest_url))
-    jid = _submit_detached(cfg, conf_dir, tmp_path)
-    mark("submitted")
+    cfg = scenario_config(stack, name, tmp_path, interval_ms=interval_ms, guarantee=guarantee)
     killed = restored_tm = False
     try:
-        with OutputWatch(cfg) as watch:
-            io_topics = (cfg.topics.enriched, cfg.topics.dlq)
-            rest.wait_fully_running(jid, 180)
-            mark("running")
-            # A completed checkpoint and some committed output: the job has a state to
-            # recover to, and has already made part of its output visible.
-            rest.wait(lambda: rest.completed_checkpoints(jid) >= 1 and watch.count(*io_topics) > 0,
-                      120, lambda: f"no checkpoint / output yet ({watch.count(*io_topics)} out)")
-            checkpoint_before_b = _latest_completed(rest, jid)
-            mark("first checkpoint + output")
-
-            producer_b = Background(lambda: paced_produce(cfg, b, rate_eps=B_RATE_EPS),
-                                    "produce-B")
-            producer_b.start()
-            # Kill once part of B's output is visible (exactly-once: committed by a
-            # checkpoint taken during B; at-least-once: written since the last one).
-            # B is still being produced, so records are in flight and a transaction is
-            # open; C is not produced yet, so never all output is out.
-            rest.wait(lambda: watch.count(*io_topics) >= len(a) + 100, 60,
-                      lambda: f"B's output not visible ({watch.count(*io_topics)} out)")
-            _only_job(rest, jid)
+        with FaultScenario(cfg, conf_dir, tmp_path, RUN_DIR) as s:
+            rest = s.rest
+            jid = s.start()
             old_tms = taskmanager_ids(rest)
             target = taskmanager_target(RUN_DIR)
-            checkpoint_before_kill = _latest_completed(rest, jid)
-            open_txn = 0
-            if guarantee == "exactly-once":
-                # Aim the kill at an open transaction holding records (HW ahead of the
-                # LSO). Python bundles flush at the checkpoint barrier, so such a
-                # transaction mostly belongs to the checkpoint in progress: killed before
-                # that checkpoint completes, it must be aborted and its records replayed
-                # (read_uncommitted then sees them twice); killed after, the restored
-                # job must commit it, once. Both are exactly-once paths; which one was
-                # hit is reported. Best effort: kill anyway after 8 s.
-                probe = TransactionProbe(cfg, list(io_topics))
-
-                def txn_open() -> bool:
-                    nonlocal open_txn
-                    open_txn = sum(hw - lso for lso, hw in probe.lag().values())
-                    return open_txn > 0
-
-                with contextlib.suppress(FaultError):
-                    rest.wait(txn_open, 8, lambda: "no open transaction seen", interval=0.005)
-            visible_before_kill = watch.count(*io_topics)
+            checkpoint_before_kill = int(rest.latest_completed(jid)["id"])
+            # Exactly-once: aim the kill at an open transaction holding records. Best
+            # effort: kill anyway after 8 s.
+            open_txn = s.wait_open_transaction() if guarantee == "exactly-once" else 0
+            visible_before_kill = s.visible()
             killed = True
             kill = kill_taskmanager(target)
-            mark("taskmanager killed")
-            assert visible_before_kill < gen_a.total + len(b) + len(c), "all output was out"
+            s.mark("taskmanager killed")
+            assert visible_before_kill < s.gen_a.total + len(s.b) + len(s.c), "all output was out"
 
             t_kill = time.monotonic()
             restore_taskmanager(RUN_DIR, rest, old_tms)
             restored_tm = True
-            mark("new taskmanager registered")
+            s.mark("new taskmanager registered")
             # The fault really happened: the job restarted, from a checkpoint.
-            rest.wait(lambda: rest.num_restarts(jid) >= 1 and rest.fully_running(jid), 180,
-                      lambda: f"job {jid} did not restart (state {rest.state(jid)}, "
-                      f"{rest.num_restarts(jid)} restarts)")
-            recovery_seconds = time.monotonic() - t_kill
-            mark("job running again")
+            recovery_seconds = s.wait_recovered(jid, since=t_kill)
             restarts = rest.num_restarts(jid)
             restored = rest.restored_checkpoint(jid)
-            gen_b = producer_b.result(120)
-            gen_c = produce(cfg, c)
-            gen = merge([gen_a, gen_b, gen_c])
-            mark("input C produced")
-
-            # Every input record must be read before the stop: stop-with-drain ends the
-            # sources where they are.
-            rest.wait(lambda: watch.inputs_out() >= gen.total, 180,
-                      lambda: f"only {watch.inputs_out()} of {gen.total} input records came "
-                      f"out; open transactions (partition: LSO, HW): "
-                      f"{hanging_transactions(cfg, list(io_topics))}")
-            mark("all input out")
-            rest.stop_with_drain(jid, tmp_path / "savepoints")
-            mark("stopped with drain")
-        exceptions = [e.get("exceptionName", "") + ": " + (e.get("taskManagerId") or "")
-                      for e in rest.exceptions(jid)]
+            gen = s.finish(jid)
+            exceptions = [e.get("exceptionName", "") + ": " + (e.get("taskManagerId") or "")
+                          for e in rest.exceptions(jid)]
     finally:
-        rest.cancel(jid)  # no-op when the job finished; a failed test leaves no job behind
-        rest.close()
         if killed and not restored_tm:  # leave a whole cluster for the tests after this one
             from sluice.stack import StackPorts, up
 
             with contextlib.suppress(Exception):
                 up(RUN_DIR, StackPorts(), flink=True)
-    mark("done")
+    s.mark("done")
     return Outcome(
         cfg=cfg, gen=gen, jid=jid, kill=kill, restarts=restarts, restored_checkpoint=restored,
-        checkpoint_before_b=checkpoint_before_b, checkpoint_before_kill=checkpoint_before_kill,
-        visible_before_kill=visible_before_kill, a_total=gen_a.total, open_txn_offsets_at_kill=open_txn,
-        recovery_seconds=round(recovery_seconds, 1), exceptions=exceptions, timings=timings,
+        checkpoint_before_b=s.checkpoint_before_b, checkpoint_before_kill=checkpoint_before_kill,
+        visible_before_kill=visible_before_kill, a_total=s.gen_a.total,
+        open_txn_offsets_at_kill=open_txn, recovery_seconds=recovery_seconds,
+        exceptions=exceptions, timings=s.timings,
     )
-
-
-def _latest_completed(rest: FlinkRest, jid: str) -> int:
-    latest = (rest.checkpoints(jid).get("latest") or {}).get("completed")
-    assert latest, f"job {jid} has no completed checkpoint"
-    return int(latest["id"])
 
 
 def test_exactly_once_survives_taskmanager_kill(
@@ -239,15 +130,13 @@ def test_exactly_once_survives_taskmanager_kill(
     o = run_with_taskmanager_kill(stack, flink_cluster, tmp_path, name="recovery-eo",
                                   guarantee="exactly-once", interval_ms=1000)
     cfg = o.cfg
-    outputs = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts]
     assert o.restarts >= 1, o
     assert o.restored_checkpoint is not None, "the job did not restore from a checkpoint"
     assert o.restored_checkpoint["id"] >= o.checkpoint_before_kill
 
-    # No hanging transactions: everything written is either committed or aborted.
-    assert hanging_transactions(cfg, outputs) == {}
-
-    check_against_oracle(cfg, o.gen, cfg.path(cfg.reference.devices_csv))
+    # No hanging transactions (everything written is either committed or aborted), and
+    # the output equals the oracle.
+    assert_exactly_once(cfg, o.gen)
 
     # Evidence of what the kill hit: records of an aborted transaction stay in the log,
     # visible to read_uncommitted only. Reported, not required: when the transaction's
