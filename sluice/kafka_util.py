@@ -143,6 +143,11 @@ def end_offsets(cfg: SluiceConfig, topic: str, timeout: float = 15) -> dict[int,
         c.close()
 
 
+# Consumer errors that only say the broker is unreachable for now.
+_TRANSIENT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE,
+              KafkaError._TIMED_OUT}
+
+
 def read_committed(
     cfg: SluiceConfig,
     topics: list[str],
@@ -181,9 +186,12 @@ def read_committed(
             read_at = int(time.time() * 1000)
             for m in batch:
                 if m.error():
-                    if m.error().code() == KafkaError._PARTITION_EOF:
+                    err = m.error()
+                    if err.code() == KafkaError._PARTITION_EOF:
                         continue
-                    raise RuntimeError(f"consumer error: {m.error()}")
+                    if err.code() in _TRANSIENT and not err.fatal():
+                        continue  # the broker is away (restarting): librdkafka reconnects
+                    raise RuntimeError(f"consumer error: {err}")
                 rec = Record(
                     m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
                     read_at,

@@ -6,7 +6,8 @@ the independent oracle on the local standalone cluster (`flink run -d`):
 * F7 the Python UDF worker processes (process mode) are killed with SIGKILL while the
   TaskManager JVM lives on;
 * F3 the job is cancelled and resumed from its retained checkpoint (`flink run -s`) with
-  a different parallelism (1 → 2).
+  a different parallelism (1 → 2);
+* F5 the Kafka broker is killed with SIGKILL mid-stream and started again.
 
 Every scenario is :class:`tests.faults.FaultScenario`: slice A before the job, slice B
 paced while it runs (the fault hits during B, aimed at an open Kafka transaction holding
@@ -147,3 +148,48 @@ def test_f3_cancel_and_resume_from_retained_checkpoint_with_new_parallelism(
            restarts=restarts, restored=restored, recovery_seconds=recovery,
            open_txn_offsets=open_txn, aborted_records_read_uncommitted=_aborted(cfg),
            retained=path, timings=s.timings)
+
+
+def test_f5_broker_hard_restart(
+    stack: SluiceConfig, flink_cluster: Path, tmp_path: Path
+) -> None:
+    """SIGKILL of the (single) Kafka broker while a transaction holds records, then a
+    restart from the same log directory. The job may ride it out (clients reconnect,
+    the coordinator recovers the open transactions from its log) or fail over; either
+    way the output must equal the oracle and no transaction may hang."""
+    import os
+    import signal
+
+    from sluice.stack import StackPorts, up
+
+    kafka = status(RUN_DIR).components["kafka"]
+    if not kafka.running or kafka.pid is None:
+        pytest.skip("no Kafka broker of the local stack to restart (external stack?)")
+    cfg = scenario_config(stack, "fault-f5", tmp_path, interval_ms=1000)
+    with FaultScenario(cfg, flink_cluster, tmp_path, RUN_DIR) as s:
+        rest = s.rest
+        jid = s.start()
+        checkpoint_before = int(rest.latest_completed(jid)["id"])
+        open_txn = s.wait_open_transaction()
+        pid = status(RUN_DIR).components["kafka"].pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        t_kill = time.monotonic()
+        rest.wait(lambda: not Path(f"/proc/{pid}").exists(), 30, lambda: "broker still alive")
+        s.mark("broker killed")
+        up(RUN_DIR, StackPorts(), flink=False)
+        down_seconds = round(time.monotonic() - t_kill, 1)
+        s.mark("broker back")
+        rest.wait(lambda: rest.fully_running(jid) and
+                  int(rest.latest_completed(jid)["id"]) > checkpoint_before + 1, 180,
+                  lambda: f"no checkpoint completed after the broker came back "
+                  f"(state {rest._safe_state(jid)})")
+        recovery = round(time.monotonic() - t_kill, 1)
+        s.mark("checkpointing again")
+        restarts, restored = rest.num_restarts(jid), rest.restored_checkpoint(jid)
+        gen = s.finish(jid)
+    assert_exactly_once(cfg, gen)
+    report("F5 Kafka broker SIGKILLed and restarted", gen, restarts=restarts, restored=restored,
+           recovery_seconds=recovery, broker_down_seconds=down_seconds,
+           checkpoint_before_kill=checkpoint_before, open_txn_offsets=open_txn,
+           aborted_records_read_uncommitted=_aborted(cfg), timings=s.timings)
