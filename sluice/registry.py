@@ -105,12 +105,23 @@ def lookup(client: SchemaRegistryClient, subject: str, schema_str: str) -> int:
 
 
 def output_schema(cfg: SluiceConfig, schema_rel: str) -> OutputSchema:
+    """The id of an output schema: registered (``registry.auto_register``) or looked up.
+
+    Registering also registers the subject's earlier versions first, oldest first, so
+    the registry's history has the order of the files. Registering v2 alone would make
+    a later ``sluice schemas register`` add v1 *after* v2, which a BACKWARD registry
+    rightly refuses (v1 cannot read v2's data)."""
     subject = subject_of(schema_rel)
-    text = read_schema(cfg.schema_path(schema_rel))
+    path = cfg.schema_path(schema_rel)
+    text = read_schema(path)
     with registry_client(cfg) as client:
-        sid = register(client, subject, text) if cfg.registry.auto_register else lookup(
-            client, subject, text
-        )
+        if not cfg.registry.auto_register:
+            return OutputSchema(subject, text, lookup(client, subject, text))
+        versions = schema_versions(cfg.path(cfg.schemas.dir), subject)
+        earlier = versions[: versions.index(path)] if path in versions else []
+        for p in earlier:
+            register(client, subject, read_schema(p))
+        sid = register(client, subject, text)
     return OutputSchema(subject, text, sid)
 
 

@@ -207,3 +207,30 @@ def test_register_all_registers_telemetry_v1_to_v3(stack: SluiceConfig, client: 
     result = check(stack, registry_url=stack.registry.url)
     assert result.ok, [f.message for f in result.failures]
     assert {f.subject for f in result.by_rule(REGISTRY_COMPATIBLE)} == set(ids)
+
+
+def test_auto_registering_a_later_version_registers_the_history_first(
+    stack: SluiceConfig, client: SchemaRegistryClient, subjects: list[str], tmp_path: Path
+) -> None:
+    """A job that registers its output schema v2 on a fresh subject registers v1 first, so
+    `sluice schemas register` afterwards finds the history in order. Negative control:
+    v2 alone, then v1, is refused under BACKWARD (v1 cannot read v2's data). This is the
+    order a fresh registry saw when a job ran before `sluice schemas register`."""
+    from sluice.registry import output_schema
+
+    v1 = rec({"name": "x", "type": "double"})
+    v2 = rec({"name": "x", "type": ["null", "double"], "default": None})
+    ours, control = new_subject(subjects), new_subject(subjects)
+    schemas = tree(tmp_path / "schemas", ours, "BACKWARD", v1, v2)
+    cfg = stack.with_overrides(schemas={"dir": str(schemas)})
+    client.set_compatibility(subject_name=ours, level="BACKWARD")
+    out = output_schema(cfg, f"{ours}/v2.avsc")
+    assert len(client.get_versions(ours)) == 2
+    first = client.lookup_schema(ours, Schema(text(v1), "AVRO"))
+    assert first.version == 1 and first.schema_id != out.schema_id
+    assert register_all(cfg)[ours][1] == out.schema_id
+
+    client.set_compatibility(subject_name=control, level="BACKWARD")
+    client.register_schema(control, Schema(text(v2), "AVRO"))
+    with pytest.raises(SchemaRegistryError):
+        client.register_schema(control, Schema(text(v1), "AVRO"))
