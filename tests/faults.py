@@ -641,6 +641,7 @@ class FaultScenario:
         self.a, self.b, self.c = items[: n // 3], items[n // 3 : 2 * n // 3], items[2 * n // 3 :]
         self.gen_a = Generated()
         self.producer_b: Background | None = None
+        self.b_rate_eps = B_RATE_EPS  # a test may slow B down before start()
         self.checkpoint_before_b = 0
         self.watch = OutputWatch(cfg)
 
@@ -692,7 +693,7 @@ class FaultScenario:
         self.checkpoint_before_b = int(rest.latest_completed(jid)["id"])
         self.mark("first checkpoint + output")
         self.producer_b = Background(
-            lambda: paced_produce(self.cfg, self.b, rate_eps=B_RATE_EPS), "produce-B")
+            lambda: paced_produce(self.cfg, self.b, rate_eps=self.b_rate_eps), "produce-B")
         self.producer_b.start()
         rest.wait(lambda: self.visible() >= len(self.a) + 100, 60,
                   lambda: f"B's output not visible ({self.visible()} out)")

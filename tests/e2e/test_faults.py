@@ -31,6 +31,7 @@ from tests.faults import (
     FaultScenario,
     assert_exactly_once,
     exception_texts,
+    hanging_transactions,
     kill_python_workers,
     report,
     scenario_config,
@@ -57,13 +58,17 @@ def test_f1_udf_throws_once_after_a_checkpoint(
     fired = fault_dir / "fired"
     with FaultScenario(cfg, flink_cluster, tmp_path, RUN_DIR) as s:
         rest = s.rest
+        # The UDF raises at the next record after arming: arm at once, while slice B
+        # (slowed down here) still flows, or no record may come until C.
+        s.b_rate_eps = 100.0
         jid = s.start(job=FAIL_ONCE_JOB, extra_args=["--fault-dir", str(fault_dir)])
         assert not fired.exists(), "the UDF failed before it was armed"
         checkpoint_at_arm = int(rest.latest_completed(jid)["id"])  # >= 1 completed
-        open_txn = s.wait_open_transaction()
+        open_txn = sum(hw - lso for lso, hw in
+                       hanging_transactions(cfg, [cfg.topics.enriched, cfg.topics.dlq]).values())
         (fault_dir / "armed").touch()
         s.mark("armed")
-        rest.wait(fired.exists, 60, lambda: "the armed UDF did not raise")
+        rest.wait(fired.exists, 60, lambda: "the armed UDF did not raise (no record after arming?)")
         t_fail = time.monotonic()
         s.mark("UDF raised")
         recovery = s.wait_recovered(jid, since=t_fail)
