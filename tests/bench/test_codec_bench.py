@@ -50,7 +50,7 @@ def test_codec_throughput() -> None:
     cfg = load_config(REPO_ROOT / "sluice.yaml", env={}).with_overrides(
         generator={"records": 20_000, "writer_weights": {"v1": 1.0}, "corrupt_non_avro": 0,
                    "corrupt_unknown_schema": 0, "corrupt_truncated": 0,
-                   "corrupt_each_rare_kind": 0}
+                   "corrupt_each_rare_kind": 0, "frame_share": 0, "maintenance_share": 0}
     )
     v1_text, v2_text = (SCHEMAS / "v1.avsc").read_text(), (SCHEMAS / "v2.avsc").read_text()
     # fastavro would turn timestamp-millis into datetimes, which sluice does not do:
