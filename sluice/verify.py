@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -86,20 +87,35 @@ class VerifyReport:
         return out
 
 
-def open_transactions(cfg: SluiceConfig, topics: list[str]) -> dict[str, tuple[int, int]]:
-    """{"topic-partition": (last stable offset, high watermark)} where they differ."""
-    client = admin(cfg)
-    md = client.list_topics(timeout=15).topics
-    wanted = {TopicPartition(t, p): OffsetSpec.latest() for t in topics if t in md
-              for p in md[t].partitions}
-    if not wanted:
-        return {}
-    ends = {}
-    for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
-        futures = client.list_offsets(wanted, isolation_level=level, request_timeout=15)
-        ends[level] = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
-    lso, hw = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
-    return {f"{t}-{p}": (lso[(t, p)], hw[(t, p)]) for (t, p) in hw if lso[(t, p)] != hw[(t, p)]}
+class TransactionProbe:
+    """Last stable offset (LSO, the end a read_committed consumer sees) and high
+    watermark (HW) of every partition of some topics, both asked at once. Keeps its admin
+    client, so it can be polled in a tight loop (the fault tests aim at open transactions)."""
+
+    def __init__(self, cfg: SluiceConfig, topics: Sequence[str]):
+        self.client = admin(cfg)
+        md = self.client.list_topics(timeout=15).topics
+        self.partitions = [TopicPartition(t, p) for t in topics if t in md
+                           for p in md[t].partitions]
+
+    def lag(self) -> dict[str, tuple[int, int]]:
+        """{"topic-partition": (lso, hw)} for the partitions where LSO < HW, that is
+        where a transaction is open (neither committed nor aborted)."""
+        if not self.partitions:
+            return {}
+        wanted = {tp: OffsetSpec.latest() for tp in self.partitions}
+        ends = {}
+        for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED):
+            futures = self.client.list_offsets(wanted, isolation_level=level, request_timeout=15)
+            ends[level] = {(tp.topic, tp.partition): f.result().offset for tp, f in futures.items()}
+        lso, hw = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
+        return {f"{t}-{p}": (lso[(t, p)], hw[(t, p)]) for (t, p) in hw if lso[(t, p)] != hw[(t, p)]}
+
+
+def open_transactions(cfg: SluiceConfig, topics: Sequence[str]) -> dict[str, tuple[int, int]]:
+    """Kafka EosTestDriver's check: {"topic-partition": (LSO, HW)} where they differ;
+    empty when no transaction hangs."""
+    return TransactionProbe(cfg, topics).lag()
 
 
 def _ms(v: Any) -> int:

@@ -40,15 +40,15 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from confluent_kafka import Consumer, IsolationLevel, KafkaError, TopicPartition
-from confluent_kafka.admin import OffsetSpec
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from sluice.config import SluiceConfig
 from sluice.flink import flink_run_command
 from sluice.generator import Generated, Item, aligned_start, plan, produce
-from sluice.kafka_util import Record, admin, ensure_topics, read_committed
+from sluice.kafka_util import Record, ensure_topics, read_committed
+from sluice.verify import TransactionProbe, open_transactions
 
 
 class FaultError(AssertionError):
@@ -482,35 +482,10 @@ class OutputWatch:
             return len(self._inputs)
 
 
-class TransactionProbe:
-    """Last stable offset (LSO, the end a read_committed consumer sees) and high
-    watermark (HW) of every partition of some topics, both asked at once."""
-
-    def __init__(self, cfg: SluiceConfig, topics: Sequence[str]):
-        self.client = admin(cfg)
-        md = self.client.list_topics(timeout=15)
-        self.partitions = [TopicPartition(t, p) for t in topics for p in md.topics[t].partitions]
-
-    def lag(self) -> dict[str, tuple[int, int]]:
-        """{"topic-partition": (lso, hw)} for the partitions where LSO < HW, that is
-        where a transaction is open (neither committed nor aborted)."""
-        wanted = {tp: OffsetSpec.latest() for tp in self.partitions}
-        futures = {
-            level: self.client.list_offsets(wanted, isolation_level=level, request_timeout=15)
-            for level in (IsolationLevel.READ_COMMITTED, IsolationLevel.READ_UNCOMMITTED)
-        }
-        ends = {
-            level: {(tp.topic, tp.partition): f.result().offset for tp, f in fs.items()}
-            for level, fs in futures.items()
-        }
-        lso, hw = ends[IsolationLevel.READ_COMMITTED], ends[IsolationLevel.READ_UNCOMMITTED]
-        return {f"{t}-{p}": (lso[(t, p)], hw[(t, p)]) for (t, p) in hw if lso[(t, p)] != hw[(t, p)]}
-
-
 def hanging_transactions(cfg: SluiceConfig, topics: Sequence[str]) -> dict[str, tuple[int, int]]:
     """EosTestDriver's check: partitions whose last stable offset is behind the high
     watermark, {"topic-partition": (lso, hw)}; empty when no transaction hangs."""
-    return TransactionProbe(cfg, topics).lag()
+    return open_transactions(cfg, topics)
 
 
 def uncommitted_duplicates(cfg: SluiceConfig, topics: Sequence[str],
