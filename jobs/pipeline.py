@@ -24,6 +24,7 @@ import json
 import os
 import site
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from pyflink.common import Configuration
@@ -153,6 +154,7 @@ def _source_ddl(cfg: SluiceConfig) -> str:
             `partition` INT METADATA VIRTUAL,
             `offset` BIGINT METADATA VIRTUAL,
             `ts` TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
+            `headers` MAP<STRING, BYTES> METADATA VIRTUAL,
             WATERMARK FOR `ts` AS `ts` - INTERVAL '{ooo}' SECOND
         ) WITH (
             'connector' = 'kafka',
@@ -196,8 +198,18 @@ def load_suites(cfg: SluiceConfig) -> dict[str, dict]:
     }
 
 
-def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> StatementSet:
-    """Declare the whole job on ``env``; the caller executes it."""
+Extension = Callable[[StreamTableEnvironment, StatementSet, SluiceConfig], None]
+
+
+def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
+                   extend: Extension | None = None) -> StatementSet:
+    """Declare the whole job on ``env``; the caller executes it.
+
+    ``extend`` adds operators of a later job version: it sees the views ``ingested``,
+    ``counted`` and ``scored`` and adds its INSERTs after all of ours. Savepoints
+    map operator state by uid, and the planner numbers operators in declaration order,
+    so appending keeps every existing uid (tests/e2e/test_upgrade.py proves it);
+    reordering or editing an existing statement does not."""
     t_env = StreamTableEnvironment.create(env)
     # Per-event-id dedup state lives this long (a repeat after that is not detected).
     t_env.get_config().set("table.exec.state.ttl", f"{cfg.ingest.dedup_ttl_ms} ms")
@@ -253,6 +265,9 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
             suites=suites, enriched_schema=enriched.schema_str, enriched_id=enriched.schema_id,
             quality_schema=quality.schema_str, quality_id=quality.schema_id,
             window_ms=cfg.quality.audit_window_ms,
+            registry_conf=cfg.registry.client_conf(),
+            registry_retry=RetryPolicy(cfg.registry.unknown_id_retry_ms,
+                                       cfg.registry.retry_backoff_ms),
         )
         t_env.create_temporary_function(
             "sluice_audit", udaf(auditor, result_type=DataTypes.BYTES(), func_type="pandas"))
@@ -267,10 +282,12 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
     ):
         t_env.execute_sql(_sink_ddl(cfg, table, topic))
 
+    seq = (f"`headers`['{cfg.ingest.sequence_header}']" if cfg.ingest.sequence_header
+           else "CAST(NULL AS BYTES)")
     _with_source_time(
         t_env,
-        "SELECT sluice_ingest(`value`, `key`, `topic`, `partition`, `offset`, `ts`) AS r, "
-        "`key`, `value`, `topic`, `partition`, `offset`, `ts` FROM inputs_raw",
+        f"SELECT sluice_ingest(`value`, `key`, `topic`, `partition`, `offset`, `ts`, {seq}) "
+        "AS r, `key`, `value`, `topic`, `partition`, `offset`, `ts` FROM inputs_raw",
         "ingested",
         proctime=True,
     )
@@ -322,6 +339,8 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
     stmts.add_insert_sql(
         "INSERT INTO alerts_sink SELECT device_id, s.alert_value FROM scored WHERE s.is_alert"
     )
+    if extend is not None:
+        extend(t_env, stmts, cfg)
     stmts.attach_as_datastream()
     return stmts
 
@@ -359,7 +378,7 @@ def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironm
     return env
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None, extend: Extension | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="sluice YAML config (default: sluice.yaml)")
     parser.add_argument("--bounded", action="store_true",
@@ -382,7 +401,7 @@ def main(argv: list[str] | None = None) -> None:
     if not submitted_by_flink_run():
         prepare_python_path()
     env = create_env(cfg, args.rest_port)
-    build_pipeline(env, cfg)
+    build_pipeline(env, cfg, extend)
     env.execute(cfg.job.name)
 
 

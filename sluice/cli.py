@@ -395,7 +395,8 @@ def verify(
     idle_timeout: Annotated[float, typer.Option(help="seconds without records that end a read")] = 5.0,
 ) -> None:
     """Check a finished run against its own inputs: every input record accounted for
-    exactly once (canonical event or dead letter), in = out + dlq + late, windows and
+    exactly once (canonical event or dead letter), each device's sequence numbers without
+    gaps and carried over, in = out + dlq + late, windows and
     alerts consistent with the canonical events, no hanging transactions. Exit code 1
     when anything is off."""
     import json
@@ -416,7 +417,9 @@ def verify(
         t.add_row("out: dead letters", f"{rep.dead_letters}  {rep.dlq_by_reason}")
         t.add_row("late", str(rep.late))
         t.add_row("in = out + dlq + late", "yes" if rep.balanced else "NO")
+        t.add_row("inputs with a sequence number", str(rep.sequenced_inputs))
         for name in ("missing", "duplicated", "duplicate_event_ids", "invented",
+                     "input_sequence_errors", "sequence_gaps", "wrong_seq",
                      "missing_windows", "unexpected_windows", "wrong_windows", "wrong_alerts"):
             items = getattr(rep, name)
             example = f"  e.g. {items[0]}" if items else ""

@@ -156,7 +156,7 @@ class SchemasConfig(_Section):
     dir: Path = Path("schemas")
     # The job's reader schema for telemetry: every writer version resolves to it.
     telemetry_reader: str = "telemetry-value/v3.avsc"
-    enriched: str = "telemetry.enriched-value/v2.avsc"
+    enriched: str = "telemetry.enriched-value/v3.avsc"
     scores: str = "scores-value/v1.avsc"
     alerts: str = "alerts-value/v1.avsc"
     dlq: str = "dlq-value/v2.avsc"
@@ -216,6 +216,11 @@ class IngestConfig(_Section):
     # A second record with an event id seen within this time goes to the DLQ as
     # `duplicate-event-id` (Flink state TTL; later repeats are not detected).
     dedup_ttl_ms: int = Field(default=3_600_000, gt=0)
+    # Kafka header with the producer's per-device sequence number (decimal ASCII);
+    # copied to the canonical event's `seq` (null when absent or not a number).
+    # `sluice verify` uses it to find gaps per device. None: not read.
+    sequence_header: str | None = Field(default="sluice-seq", min_length=1,
+                                        pattern=r"^[A-Za-z0-9._-]+$")
 
 
 class QualityConfig(_Section):

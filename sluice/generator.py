@@ -16,6 +16,7 @@ import random
 import struct
 import time
 import zlib
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -111,6 +112,9 @@ class Reading:
     firmware: str | None
     sample_count: int
     writer: str  # "v1", "v2" or "v3"
+    # Per-device sequence number over every input record of the plan (all formats,
+    # corrupt ones included), sent in the `ingest.sequence_header` Kafka header.
+    seq: int = -1
 
     def as_avro(self) -> dict[str, Any]:
         """The record as its writer version spells it (v3 renamed vibration_rms)."""
@@ -137,6 +141,7 @@ class Frame:
     ts: int
     sample_rate_hz: int
     samples: tuple[float, ...]
+    seq: int = -1
 
     @property
     def event_id(self) -> str:
@@ -160,6 +165,7 @@ class WorkOrder:
     parts: tuple[tuple[str, int], ...]
     # Fields the format does not define, as (key, compact JSON text) in document order.
     extra: tuple[tuple[str, str], ...]
+    seq: int = -1
 
     def document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"event_id": self.event_id, "device_id": self.device_id,
@@ -185,6 +191,7 @@ class Corrupt:
     value: bytes | None  # None: a tombstone
     # duplicate-event-id: the reading it repeats (the nearest earlier one in the plan).
     of: Reading | None = None
+    seq: int = -1
 
     @property
     def input(self) -> str:
@@ -318,8 +325,20 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Item]:
             of = next((i for i in reversed(items[:pos]) if isinstance(i, Reading)), None)
             if of is None:
                 raise ValueError("a duplicate-event-id needs a reading before it; raise records")
-        items.insert(pos, Corrupt(kind, dev, ts, b"", of))
-    return items
+        # A resend goes out under the key of the reading it repeats.
+        items.insert(pos, Corrupt(kind, of.device_id if of is not None else dev, ts, b"", of))
+    return with_sequence_numbers(items)
+
+
+def with_sequence_numbers(items: list[Item]) -> list[Item]:
+    """Number each device's records 0, 1, 2, ... in plan order (the Kafka key is the
+    device id, so this is also their order within a partition)."""
+    next_seq: dict[str, int] = defaultdict(int)
+    out: list[Item] = []
+    for item in items:
+        out.append(replace(item, seq=next_seq[item.device_id]))
+        next_seq[item.device_id] += 1
+    return out
 
 
 class _Serializers:
@@ -451,6 +470,7 @@ class Encoded:
     value: bytes | None
     ts: int
     item: Item  # with its final ts (and, for corrupt ones, value)
+    headers: tuple[tuple[str, bytes], ...] = ()
 
 
 def _encode(cfg: SluiceConfig, ser: _Serializers, item: Item, n: int) -> Encoded:
@@ -466,7 +486,9 @@ def _encode(cfg: SluiceConfig, ser: _Serializers, item: Item, n: int) -> Encoded
         value = ser.encode(item)
         source = (TELEMETRY if isinstance(item, Reading)
                   else FRAMES if isinstance(item, Frame) else MAINTENANCE)
-    return Encoded(topic_of(cfg, source), key.encode(), value, item.ts, item)
+    header = cfg.ingest.sequence_header
+    headers = ((header, str(item.seq).encode()),) if header and item.seq >= 0 else ()
+    return Encoded(topic_of(cfg, source), key.encode(), value, item.ts, item, headers)
 
 
 def encode_items(cfg: SluiceConfig, items: list[Item]) -> list[Encoded]:
@@ -503,7 +525,8 @@ def _record(out: Generated, item: Item) -> None:
 def _send(producer: Producer, e: Encoded) -> None:
     while True:
         try:
-            producer.produce(e.topic, value=e.value, key=e.key, timestamp=e.ts)
+            producer.produce(e.topic, value=e.value, key=e.key, timestamp=e.ts,
+                             headers=list(e.headers) or None)
             return
         except BufferError:
             producer.poll(0.1)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -143,6 +143,36 @@ def end_offsets(cfg: SluiceConfig, topic: str, timeout: float = 15) -> dict[int,
         c.close()
 
 
+class LagProbe:
+    """Consumer lag of a group: per input partition, the high watermark minus the
+    group's committed offset (what Burrow or `kafka-consumer-groups --describe` show).
+    A Flink Kafka source commits its offsets when a checkpoint completes, so this is the
+    lag of what is durably done. Keeps one consumer, so it can be polled every second."""
+
+    def __init__(self, cfg: SluiceConfig, group: str, topics: Sequence[str], timeout: float = 10):
+        self.timeout = timeout
+        self.consumer = Consumer({**cfg.kafka.client_properties(), "group.id": group,
+                                  "enable.auto.commit": False})
+        md = self.consumer.list_topics(timeout=timeout).topics
+        self.partitions = [TopicPartition(t, p) for t in topics if t in md
+                           for p in md[t].partitions]
+
+    def lag(self) -> dict[str, int]:
+        """{"topic-partition": records not yet committed by the group}; a partition the
+        group never committed counts from its low watermark."""
+        committed = self.consumer.committed(self.partitions, timeout=self.timeout)
+        out = {}
+        for tp in committed:
+            low, high = self.consumer.get_watermark_offsets(
+                TopicPartition(tp.topic, tp.partition), timeout=self.timeout, cached=False)
+            done = tp.offset if tp.offset >= 0 else low
+            out[f"{tp.topic}-{tp.partition}"] = max(0, high - done)
+        return out
+
+    def close(self) -> None:
+        self.consumer.close()
+
+
 # Consumer errors that only say the broker is unreachable for now.
 _TRANSIENT = {KafkaError._TRANSPORT, KafkaError._ALL_BROKERS_DOWN, KafkaError._RESOLVE,
               KafkaError._TIMED_OUT}
@@ -194,7 +224,7 @@ def read_committed(
                     raise RuntimeError(f"consumer error: {err}")
                 rec = Record(
                     m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(),
-                    read_at,
+                    read_at, tuple(m.headers() or ()),
                 )
                 out[rec.topic].append(rec)
                 if on_record is not None:

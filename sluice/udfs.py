@@ -12,6 +12,8 @@ too, where numpy's GIL handling deadlocks under pemja.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -47,6 +49,8 @@ _SOURCE_SYMBOL = {TELEMETRY: "TELEMETRY", FRAMES: "SENSOR_FRAME", MAINTENANCE: "
 
 # Per-record columns the quality suites see, per input (schemas/expectations/*.json).
 QUALITY_COLUMNS = COLUMNS
+
+_DECIMAL = re.compile(rb"[0-9]{1,19}")
 
 INGEST_RESULT = DataTypes.ROW(
     [
@@ -148,7 +152,9 @@ class _Rejected(Exception):
 
 class Ingest(ScalarFunction):
     """One input record of any of the three wire formats → ROW(ok, out_key, out_value, ...):
-    the canonical event (EnrichedReading v2) or a DeadLetter, both Avro-encoded in Rust."""
+    the canonical event (EnrichedReading v2 or v3) or a DeadLetter, both Avro-encoded in
+    Rust. With an EnrichedReading schema that has `seq` (v3), the producer's per-device
+    sequence number (the ``seq`` argument: the sequence header's bytes) is copied into it."""
 
     def __init__(
         self,
@@ -202,7 +208,13 @@ class Ingest(ScalarFunction):
         # Ids given up on while the registry was unreachable: id → (retry after, failure).
         self.unreachable: dict[int, tuple[float, tuple[str, str, str]]] = {}
         self.counters = counters(function_context, "ingest", (
-            "records_in", "records_out", "dead_letters", "quality_blocked", "quality_warnings"))
+            "records_in", "records_out", "dead_letters", "quality_blocked", "quality_warnings",
+            "bad_sequence_header"))
+        # v3 and later end with `seq`; v2 (a job not yet upgraded) does not have it.
+        fields = [f["name"] for f in json.loads(self.enriched_schema)["fields"]]
+        self.with_seq = fields[-1] == "seq"
+        if "seq" in fields and not self.with_seq:
+            raise ValueError("the EnrichedReading schema must have `seq` as its last field")
 
     def close(self) -> None:
         self.writers.close()
@@ -234,8 +246,9 @@ class Ingest(ScalarFunction):
         self.bad_ids[schema_id] = failure
         return failure
 
-    def eval(self, value, key, topic, partition, offset, kafka_ts):  # type: ignore[no-untyped-def]
+    def eval(self, value, key, topic, partition, offset, kafka_ts, seq=None):  # type: ignore[no-untyped-def]
         self.counters["records_in"].inc()
+        self.seq = self._sequence(seq) if seq is not None else None
         source = self.topics.get(topic, TELEMETRY)
         if value is None:  # a tombstone: nothing to decode, but it must not vanish
             return self._dead(value, key, topic, partition, offset, kafka_ts, source,
@@ -266,6 +279,14 @@ class Ingest(ScalarFunction):
             return self._dead(value, key, topic, partition, offset, kafka_ts, source,
                               exc.error_class, exc.detail, exc.schema_id or schema_id, exc.reason,
                               exc.failed, exc.canonical)
+
+    def _sequence(self, raw: bytes) -> int | None:
+        """The sequence header's value: a non-negative decimal number, else None (the
+        record itself is fine, so it is not dead-lettered; a counter notes it)."""
+        if _DECIMAL.fullmatch(raw) is None or int(raw) >= 2**63:
+            self.counters["bad_sequence_header"].inc()
+            return None
+        return int(raw)
 
     # -- per format: decode → (canonical tuple without the enrichment, quality columns) --
 
@@ -321,7 +342,7 @@ class Ingest(ScalarFunction):
         record = (
             *c[:10], site, model, max_temp, schema_id, topic, partition, offset,
             int(time.time() * 1000), c[10], c[11], warnings,
-        )
+        ) + ((self.seq,) if self.with_seq else ())
         if verdict is not None:
             blocking, warnings[:] = verdict
             if warnings:
@@ -409,20 +430,46 @@ class AuditWindow(AggregateFunction):
 
     It sees every record that reached the quality checks (the accepted ones and the
     ones a blocking expectation dead-lettered), so its ratios are comparable with the
-    Rust verdicts. Pandas UDAFs run in process mode only."""
+    Rust verdicts. Pandas UDAFs run in process mode only.
+
+    Its window state holds encoded canonical events, so after an upgrade from a
+    savepoint it meets events an earlier job version wrote with an earlier
+    EnrichedReading schema: their writer schemas are fetched from the registry by id
+    and resolved to this version's (tests/e2e/test_upgrade.py)."""
 
     def __init__(self, *, suites: dict[str, dict], enriched_schema: str, enriched_id: int,
-                 quality_schema: str, quality_id: int, window_ms: int) -> None:
+                 quality_schema: str, quality_id: int, window_ms: int,
+                 registry_conf: dict[str, Any] | None = None,
+                 registry_retry: RetryPolicy | None = None) -> None:
         self.suites = suites
         self.enriched_schema, self.enriched_id = enriched_schema, enriched_id
         self.quality_schema, self.quality_id = quality_schema, quality_id
         self.window_ms = window_ms
+        self.registry_conf = registry_conf
+        self.registry_retry = registry_retry
 
     def open(self, function_context: FunctionContext | None) -> None:
         self.decoder = AvroDecoder(self.enriched_schema, record_as="dict")
         self.decoder.add_writer_schema(self.enriched_id, self.enriched_schema)
+        self.writers = (WriterSchemaCache(self.registry_conf, self.registry_retry)
+                        if self.registry_conf is not None else None)
         self.encoder = AvroEncoder(self.quality_schema, self.quality_id)
         self.counters = counters(function_context, "audit", ("batches", "records"))
+
+    def close(self) -> None:
+        if self.writers is not None:
+            self.writers.close()
+
+    def _decode(self, value: bytes) -> dict[str, Any]:
+        try:
+            return self.decoder.decode(value)[1]
+        except UnknownSchemaError as exc:
+            # An event of an earlier job version, restored from a savepoint.
+            text = self.writers.fetch_with_retry(exc.schema_id) if self.writers else None
+            if text is None:
+                raise
+            self.decoder.add_writer_schema(exc.schema_id, text)
+            return self.decoder.decode(value)[1]
 
     # PyFlink runs a pandas UDAF as create_accumulator → accumulate(all Series) → get_value.
     def create_accumulator(self) -> list:
@@ -439,7 +486,7 @@ class AuditWindow(AggregateFunction):
         for value in events:
             if value is None:
                 continue
-            source, cols = canonical_columns(self.decoder.decode(bytes(value))[1])
+            source, cols = canonical_columns(self._decode(bytes(value)))
             rows.setdefault(source, []).append(cols)
         if not rows:
             return None

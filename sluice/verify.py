@@ -9,6 +9,12 @@ Rust module. It reports:
 * **duplicated**: input records accounted for more than once, and event ids that appear
   on ``telemetry.enriched`` more than once;
 * **invented**: outputs whose source position is not an input record;
+* **sequence**: every input record carries its producer's per-device sequence number
+  in the ``ingest.sequence_header`` Kafka header. Per device (the record key) the
+  numbers must run 0, 1, 2, … without a gap or a repeat (a gap means the input lost a
+  record before sluice saw it), and the ``seq`` of every canonical event must be its
+  input record's (``wrong_seq``); ``sequence_gaps`` lists, per device, the sequence
+  numbers of input records nothing accounts for;
 * **accounting**: ``in = out + dlq + late``. Late is 0 until the late side output of
   issue 4 exists. Per-record outputs come before any window, so they have no lateness;
 * **wrong windows**: window scores that do not equal count, mean and max recomputed from
@@ -58,6 +64,10 @@ class VerifyReport:
     wrong_alerts: list[str] = field(default_factory=list)
     hanging_transactions: dict[str, tuple[int, int]] = field(default_factory=dict)
     dlq_by_reason: dict[str, int] = field(default_factory=dict)
+    sequenced_inputs: int = 0
+    input_sequence_errors: list[tuple[str, str]] = field(default_factory=list)
+    sequence_gaps: list[tuple[str, int]] = field(default_factory=list)
+    wrong_seq: list[tuple[Position, int | None, int | None]] = field(default_factory=list)
 
     @property
     def records_in(self) -> int:
@@ -72,7 +82,8 @@ class VerifyReport:
         return self.balanced and not (
             self.missing or self.duplicated or self.duplicate_event_ids or self.invented
             or self.missing_windows or self.unexpected_windows or self.wrong_windows
-            or self.wrong_alerts or self.hanging_transactions
+            or self.wrong_alerts or self.hanging_transactions or self.input_sequence_errors
+            or self.sequence_gaps or self.wrong_seq
         )
 
     def as_dict(self, limit: int = 20) -> dict[str, Any]:
@@ -150,8 +161,52 @@ def verify(cfg: SluiceConfig, *, idle_timeout: float = 5.0, max_wait: float = 60
     ids = Counter(e["event_id"] for e in enriched)
     rep.duplicate_event_ids = sorted((i, n) for i, n in ids.items() if n > 1)
     rep.hanging_transactions = open_transactions(cfg, outputs)
+    if cfg.ingest.sequence_header:
+        _check_sequences(cfg.ingest.sequence_header, rep,
+                         [r for topic in t.inputs() for r in got[topic]], enriched, accounted)
     _check_windows(cfg, rep, enriched, scores, alerts)
     return rep
+
+
+def _header(rec: Record, name: str) -> int | None:
+    for k, v in rec.headers:
+        if k == name and v is not None:
+            try:
+                return int(v.decode("ascii")) if v.isdigit() else None
+            except UnicodeDecodeError:
+                return None
+    return None
+
+
+def _check_sequences(header: str, rep: VerifyReport, inputs: list[Record],
+                     enriched: list[dict], accounted: Counter[Position]) -> None:
+    """Per device, the producer's sequence numbers 0..n-1 each once; each input
+    record's number found again on its canonical event (or the record dead-lettered)."""
+    seq_at: dict[Position, int] = {}
+    by_device: dict[str, list[int]] = defaultdict(list)
+    for r in inputs:
+        seq = _header(r, header)
+        if seq is None:
+            continue
+        device = r.key.decode(errors="replace") if r.key is not None else "<no key>"
+        seq_at[(r.topic, r.partition, r.offset)] = seq
+        by_device[device].append(seq)
+        if (r.topic, r.partition, r.offset) not in accounted:
+            rep.sequence_gaps.append((device, seq))
+    rep.sequenced_inputs = len(seq_at)
+    for device, seqs in sorted(by_device.items()):
+        have = Counter(seqs)
+        repeated = sorted(s for s, n in have.items() if n > 1)
+        missing = sorted(set(range(max(have) + 1)) - set(have))
+        if repeated:
+            rep.input_sequence_errors.append((device, f"repeated {repeated[:10]}"))
+        if missing:
+            rep.input_sequence_errors.append((device, f"never produced {missing[:10]}"))
+    rep.sequence_gaps.sort()
+    for e in enriched:
+        pos = (e["source_topic"], e["source_partition"], e["source_offset"])
+        if "seq" in e and pos in seq_at and e["seq"] != seq_at[pos]:
+            rep.wrong_seq.append((pos, e["seq"], seq_at[pos]))
 
 
 def _check_windows(cfg: SluiceConfig, rep: VerifyReport, enriched: list[dict], scores: list[dict],

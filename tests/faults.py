@@ -162,12 +162,14 @@ class FlinkRest:
                     .get("entries", []))
 
     # -- ending a job ---------------------------------------------------------------------
-    def stop_with_drain(self, jid: str, savepoint_dir: Path, timeout: float = 180) -> str:
+    def stop_with_drain(self, jid: str, savepoint_dir: Path, timeout: float = 180,
+                        *, drain: bool = True) -> str:
         """Stop with a final savepoint and MAX_WATERMARK (windows fire, the last Kafka
-        transactions commit); returns the savepoint's location."""
+        transactions commit); returns the savepoint's location. ``drain=False``: the
+        savepoint to resume from (open windows stay in it, unfired)."""
         r = self.session.post(
             f"{self.url}/jobs/{jid}/stop",
-            json={"drain": True, "targetDirectory": savepoint_dir.resolve().as_uri()},
+            json={"drain": drain, "targetDirectory": savepoint_dir.resolve().as_uri()},
             timeout=10,
         )
         r.raise_for_status()
@@ -573,15 +575,15 @@ def submit_detached(cfg: SluiceConfig, conf_dir: Path, tmp_path: Path, *,
     return job_id_from_output(out)
 
 
-def assert_exactly_once(cfg: SluiceConfig, gen: Generated) -> None:
+def assert_exactly_once(cfg: SluiceConfig, gen: Generated, **check: Any) -> dict[str, list[dict]]:
     """No hanging transaction on any output (EosTestDriver), and the output equals the
-    independent oracle: nothing missing, duplicated or wrong."""
+    independent oracle: nothing missing, duplicated or wrong. Returns the decoded output."""
     from tests.pipeline_checks import check_against_oracle
 
     outputs = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts]
     hanging = hanging_transactions(cfg, outputs)
     assert hanging == {}, f"hanging transactions (partition: LSO, HW): {hanging}"
-    check_against_oracle(cfg, gen, cfg.path(cfg.reference.devices_csv))
+    return check_against_oracle(cfg, gen, cfg.path(cfg.reference.devices_csv), **check)
 
 
 def exception_texts(rest: FlinkRest, jid: str) -> list[str]:

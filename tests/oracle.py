@@ -79,6 +79,7 @@ def expected_enriched(gen: Generated, devs: dict[str, dict[str, str]]) -> dict[s
             **_ref(devs, r.device_id),
             "frame": None,
             "maintenance": None,
+            "seq": r.seq,
         }
     for f in gen.frames:
         rms, peak, mean = frame_stats(f)
@@ -93,6 +94,7 @@ def expected_enriched(gen: Generated, devs: dict[str, dict[str, str]]) -> dict[s
             "frame": {"sample_rate_hz": f.sample_rate_hz, "n_samples": len(f.samples),
                       "peak_abs_g": peak, "mean_g": mean},
             "maintenance": None,
+            "seq": f.seq,
         }
     for w in gen.work_orders:
         out[w.event_id] = {
@@ -110,6 +112,7 @@ def expected_enriched(gen: Generated, devs: dict[str, dict[str, str]]) -> dict[s
                 "parts": [{"part_no": p, "qty": q} for p, q in w.parts],
                 "extra": dict(w.extra),
             },
+            "seq": w.seq,
         }
     return out
 

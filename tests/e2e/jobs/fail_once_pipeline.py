@@ -41,10 +41,10 @@ class FailOnceIngest(Ingest):
         super().open(function_context)
         self.done = False
 
-    def eval(self, value, key, topic, partition, offset, kafka_ts):  # type: ignore[no-untyped-def]
+    def eval(self, value, key, topic, partition, offset, kafka_ts, seq=None):  # type: ignore[no-untyped-def]
         if not self.done:
             self._maybe_fail()
-        return super().eval(value, key, topic, partition, offset, kafka_ts)
+        return super().eval(value, key, topic, partition, offset, kafka_ts, seq)
 
     def _maybe_fail(self) -> None:
         folder = Path(self.fault_dir)
