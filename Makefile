@@ -2,6 +2,7 @@
 #   make demo        run the main job end to end on the local stack
 #   make test        everything: cargo test + unit + integration + e2e (what CI runs)
 #   make test-quick  unit tests only (seconds, no JVM)
+#   make test-fast   make test without the slowest e2e tests (marked slow)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -15,7 +16,7 @@ RUST_SRC    := $(shell find udfs_rs/src -name '*.rs') udfs_rs/Cargo.toml udfs_rs
 PYTEST      := $(PY) -m pytest -p no:cacheprovider
 
 .PHONY: help setup deps build demo test test-quick schemas-check cargo-test \
-        bench stack-up stack-down stack-status lint clean distclean
+        test-fast bench stack-up stack-down stack-status lint clean distclean
 
 help: ## show this help
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  %-18s %s\n", $$1, $$2}'
@@ -73,6 +74,9 @@ cargo-test: $(VENV)/.installed ## Rust unit tests
 
 test-quick: $(VENV)/.installed ## unit tests only (no JVM, seconds)
 	$(PYTEST) tests/unit -q
+
+test-fast: setup cargo-test schemas-check ## make test without the tests marked slow (load/burst, secured mode)
+	$(PYTEST) tests/unit tests/integration tests/e2e -m "not bench and not slow" -q -rfEs
 
 schemas-check: $(VENV)/.installed ## every schema version against its predecessors (Avro resolution rules)
 	$(VENV)/bin/sluice schemas check
