@@ -13,8 +13,9 @@ The switch point must be a clean cut: per input partition, version 1 processed e
 record before the savepoint's position and version 2 every one after it.
 
 Checked against the independent oracle: 0 missing, 0 duplicated, 0 wrong, no hanging
-transaction; every canonical event version 2 wrote carries the right `seq`; windows open across the upgrade count records of both versions; the new
-operator counted exactly the records version 2 processed.
+transaction; every canonical event version 2 wrote carries the right `seq`; windows
+open across the upgrade count records of both versions; the new operator counted
+exactly the records version 2 processed.
 """
 
 from __future__ import annotations
