@@ -17,9 +17,11 @@ app = typer.Typer(help="sluice: PyFlink telemetry pipelines with a Rust hot path
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft), Apicurio Registry, Flink standalone.")
 schemas_app = typer.Typer(help="Schemas on disk and in the registry.")
 dlq_app = typer.Typer(help="The dead-letter topic: what failed and why.")
+features_app = typer.Typer(help="The window feature spec (docs/features.md).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(features_app, name="features")
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="sluice YAML (default sluice.yaml)")]
@@ -315,6 +317,50 @@ def _replay_summary_table(report) -> Table:  # type: ignore[no-untyped-def]
         t.add_row(f"[yellow]skipped: {why}", str(n))
     t.add_row("ledger", report.ledger_topic)
     return t
+
+
+@features_app.command("check")
+def features_check(
+    file: Annotated[Path | None, typer.Argument(
+        help="spec file (default: features.spec of the config)")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option(
+        "--json", help="print the aggregation lists the Rust side takes, per window")] = False,
+) -> None:
+    """Validate a feature spec; list its windows and output feature names, or its errors."""
+    from sluice.features import FeatureSpecError, format_duration, load_feature_spec
+
+    cfg = _config(config) if file is None or config is not None else None
+    if file is None:
+        assert cfg is not None
+        if cfg.features.spec is None:
+            console.print("[red]no spec: pass FILE, or set features.spec in the config[/red]")
+            raise typer.Exit(2)
+        file = cfg.path(cfg.features.spec)
+    schema = cfg.schema_path(cfg.schemas.enriched) if cfg is not None else None
+    try:
+        spec = load_feature_spec(file, schema_path=schema)
+    except FeatureSpecError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    if as_json:
+        print(spec.to_json())
+        return
+    t = Table(title=f"{escape(str(file))}: {len(spec.windows)} window(s), "
+                    f"feature_spec_version {spec.spec_version()}")
+    for col in ("window", "kind", "size/slide/gap", "lateness", "source"):
+        t.add_column(col, no_wrap=True)
+    t.add_column("field", no_wrap=True)
+    t.add_column("features", overflow="fold")
+    for w in spec.windows:
+        extent = " / ".join(format_duration(v) for v in (w.size, w.slide, w.gap) if v is not None)
+        for i, f in enumerate(w.features):
+            head = (escape(w.name), w.window_kind, extent, format_duration(w.allowed_lateness),
+                    "\n".join(w.source)) if i == 0 else ("",) * 5
+            t.add_row(*head, escape(f.field), escape(", ".join(n[len(f.field) + 1:] for n in f.names())),
+                      end_section=i == len(w.features) - 1)
+    console.print(t)
+    console.print(f"[green]OK[/green]: {sum(len(w.feature_names()) for w in spec.windows)} features")
 
 
 @app.command()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import (
@@ -27,6 +27,9 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+if TYPE_CHECKING:
+    from sluice.features import FeatureSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = REPO_ROOT / "sluice.yaml"
@@ -233,6 +236,12 @@ class QualityConfig(_Section):
     audit_window_ms: int = Field(default=10_000, gt=0)
 
 
+class FeaturesConfig(_Section):
+    # The window feature spec (docs/features.md), relative to the config file's folder.
+    # None: the job computes no window features. Loaded and validated by load_config.
+    spec: Path | None = None
+
+
 class ScoreConfig(_Section):
     metric: Literal["temperature_c", "vibration_rms_g"] = "temperature_c"
     # Used for devices whose reference row has no max_temperature_c.
@@ -300,6 +309,7 @@ class SluiceConfig(BaseModel):
     window: WindowConfig = WindowConfig()
     ingest: IngestConfig = IngestConfig()
     quality: QualityConfig = QualityConfig()
+    features: FeaturesConfig = FeaturesConfig()
     score: ScoreConfig = ScoreConfig()
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()
@@ -346,6 +356,31 @@ class SluiceConfig(BaseModel):
 
     def schema_path(self, rel: str) -> Path:
         return self.path(self.schemas.dir) / rel
+
+    def feature_spec(self) -> FeatureSpec | None:
+        """The validated window feature spec ``features.spec`` names, or None without one.
+
+        Raises :class:`ConfigError` naming the key, the file, the line and the spec path."""
+        if self.features.spec is None:
+            return None
+        from sluice.features import FeatureSpecError, load_feature_spec
+
+        path = self.path(self.features.spec)
+        if not path.is_file():
+            raise ConfigError(
+                f"features.spec: the feature spec {path} does not exist (the path is relative to "
+                "the config file's folder; see docs/features.md)"
+            )
+        schema = self.schema_path(self.schemas.enriched)
+        if not schema.is_file():
+            raise ConfigError(
+                f"features.spec: fields are checked against the EnrichedReading schema, and "
+                f"{schema} (schemas.dir / schemas.enriched) does not exist"
+            )
+        try:
+            return load_feature_spec(path, schema_path=schema)
+        except FeatureSpecError as exc:
+            raise ConfigError(f"features.spec: {exc}") from None
 
     def with_overrides(self, **sections: dict[str, Any]) -> SluiceConfig:
         """A copy with some keys replaced: ``cfg.with_overrides(job={"bounded": True})``."""
@@ -435,9 +470,12 @@ def load_config(
     raw.setdefault("base_dir", str(cfg_path.resolve().parent))
     data = _merge(raw, _env_overrides(env))
     try:
-        return SluiceConfig.model_validate(data)
+        cfg = SluiceConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, str(cfg_path))) from None
+    # The job builds its windows from the spec: a bad one must stop it here, at start.
+    cfg.feature_spec()
+    return cfg
 
 
 def dump_config(cfg: SluiceConfig, path: Path) -> Path:
