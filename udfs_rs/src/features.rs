@@ -418,9 +418,11 @@ impl Spec {
             let name = match params.get("name") {
                 None => default_name,
                 Some(Json::String(s)) if valid_name(s) => s.clone(),
-                Some(Json::String(s)) => return Err(p.err(format_args!(
+                Some(Json::String(s)) => {
+                    return Err(p.err(format_args!(
                     "name {s:?} must be 1..=64 characters [A-Za-z0-9_], not starting with a digit"
-                ))),
+                )))
+                }
                 Some(other) => {
                     return Err(p.err(format_args!(
                         "\"name\" must be a string, got {}",

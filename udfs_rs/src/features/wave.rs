@@ -180,7 +180,11 @@ pub fn analyse(
             s.fft_in.extend_from_slice(&s.samples);
             plan.process_with_scratch(&mut s.fft_in, &mut s.spectrum, &mut s.scratch)
                 .ok()?;
-            let nyquist = if n.is_multiple_of(2) { n / 2 } else { usize::MAX };
+            let nyquist = if n.is_multiple_of(2) {
+                n / 2
+            } else {
+                usize::MAX
+            };
             let inv_n = 1.0 / n as f64;
             for (&(lo, hi), e) in bands.iter().zip(energy.iter_mut()) {
                 let mut sum = 0.0;
