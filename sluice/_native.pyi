@@ -66,11 +66,12 @@ Encode error reason codes (``EncodeError.reason``): ``"wrong-type"``, ``"out-of-
 ``"missing-field"``, ``"unknown-symbol"``.
 
 Thread safety: all classes are immutable from Python's point of view except the
-decoder's writer table, which is internally locked; instances may be shared across
+decoder's writer table, which is internally locked, and :class:`FeatureAccumulator`, which
+is mutable and meant for one thread at a time; other instances may be shared across
 threads. The module never acquires the GIL on its own (safe in PyFlink thread mode).
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Final, Literal, Self, final
 
 __all__ = [
@@ -82,6 +83,9 @@ __all__ = [
     "EmptyMessageError",
     "EncodeError",
     "EventDecoder",
+    "FeatureAccumulator",
+    "FeatureSpec",
+    "FeatureSpecError",
     "FrameDecoder",
     "InvalidUtf8Error",
     "MalformedJsonError",
@@ -91,6 +95,7 @@ __all__ = [
     "QualitySuiteError",
     "SchemaError",
     "SluiceError",
+    "StateError",
     "TooDeepError",
     "TrailingBytesError",
     "TruncatedError",
@@ -233,6 +238,23 @@ class QualitySuiteError(SluiceError):
     the GE 1.x layout, an unsupported expectation type or kwarg, an unknown column, invalid
     bounds, a suite parameter, or a regex the Rust engine cannot run exactly like Python's
     ``re.search``. The message names the suite and the expectation."""
+
+class FeatureSpecError(SluiceError):
+    """A feature spec does not validate, or an accumulator is used against its spec.
+
+    Raised by :class:`FeatureSpec` for an unknown aggregation or parameter, a parameter of
+    the wrong type or out of range, an invalid output name, or two aggregations producing
+    one output name; the message names the aggregation by position and kind and the
+    parameter, e.g. ``aggregation 3 ("quantile"): parameter "q" must be a number in [0, 1],
+    got 1.5``. Also raised by :meth:`FeatureAccumulator.merge` for accumulators of
+    different specs, and by the ``update*`` methods when the spec has no aggregation of
+    that input kind (values vs frames)."""
+
+class StateError(SluiceError):
+    """A :meth:`FeatureAccumulator.to_bytes` blob cannot be read back: shorter than any
+    valid blob, another format version, a checksum mismatch (corruption), written for a
+    different spec (fingerprint mismatch), or contents that are inconsistent (counts that
+    disagree, a negative second moment, bytes left over)."""
 
 @final
 class AvroDecoder:
@@ -502,3 +524,165 @@ class QualityChecker:
 
     def failure_counts(self) -> dict[str, int]:
         """Failed records per expectation name since construction."""
+
+@final
+class FeatureSpec:
+    """The validated aggregations of one window: build once, share across accumulators.
+
+    ``aggs`` is a list whose items are a kind name (``"mean"``) or a mapping with ``"agg"``
+    (the kind), the kind's parameters and an optional ``"name"`` for the output (1..64
+    characters ``[A-Za-z0-9_]``, not starting with a digit) — the shape a YAML list
+    loads into::
+
+        FeatureSpec(["count", "mean", "std", {"agg": "quantile", "q": 0.95},
+                     {"agg": "ewma", "half_life_ms": 60000}, "slope"])
+
+    Value aggregations, fed by :meth:`FeatureAccumulator.update` / ``update_many``:
+
+    =========  ===========================================  ======================  =========
+    kind       parameters                                   output name             empty
+    =========  ===========================================  ======================  =========
+    count      –                                            ``count``               0
+    sum        –  (Neumaier-compensated)                    ``sum``                 0
+    mean       –                                            ``mean``                NaN
+    std        –  population, ddof = 0 (as ``np.std``);     ``std``                 NaN
+               one value gives 0
+    min, max   –                                            ``min``, ``max``        NaN
+    ewma       ``half_life_ms`` > 0                         ``ewma``                NaN
+    slope      –  least squares, value units per second     ``slope``               NaN
+    quantile   ``q`` in [0, 1], ``accuracy`` in [1e-6, 0.5]  ``p95``, ``p99p9``,     NaN
+               (default 0.01), ``max_bins`` in [64, 65536]  ``p50``
+               (default 2048)
+    =========  ===========================================  ======================  =========
+
+    Frame aggregations, fed by :meth:`FeatureAccumulator.update_frame` /
+    ``update_sensor_frame`` (a window's frames pooled as one population of samples):
+
+    =========  ===========================================  ======================  =========
+    frames     –  frames aggregated                         ``frames``              0
+    rms        –  ``sqrt(mean(x**2))``                      ``rms``                 NaN
+    peak       –  ``max |x|``                               ``peak``                NaN
+    crest      –  ``peak / rms``                            ``crest``               NaN
+    kurtosis   –  Pearson's ``m4 / m2**2`` (3 for a          ``kurtosis``            NaN
+               normal distribution; not the excess)
+    band       ``lo_hz`` >= 0, ``hi_hz`` > ``lo_hz``        ``band_0_50hz``,        NaN
+                                                            ``band_12p5_50hz``
+    =========  ===========================================  ======================  =========
+
+    Definitions:
+
+    * ``ewma``: ``sum(w_i x_i) / sum(w_i)`` with ``w_i = 2 ** (-(T - t_i) / half_life_ms)``;
+      ``T`` cancels out, so the value depends only on the window's set of values, not their
+      order: the time-decayed mean as of the window's last event time (pandas
+      ``ewm(halflife=..., times=..., adjust=True).mean()`` at the last row).
+    * ``slope``: ``np.polyfit(t_ms / 1000, x, 1)[0]``; NaN with fewer than two distinct times.
+    * ``quantile``: a DDSketch; within relative error ``accuracy`` of the lower-rank order
+      statistic ``sorted(x)[floor(q * (n - 1))]`` (``np.quantile(x, q, method="lower")``),
+      exact for ``q`` 0 and 1, clamped to [min, max]. Values below 2.2e-308 in magnitude
+      count as 0; when the magnitudes span more than ``gamma ** max_bins`` (~1e17 at the
+      defaults) the smallest ones share one bin and lose the guarantee.
+    * ``band``: per frame of ``N`` samples at ``fs`` Hz (rectangular window, no detrending),
+      ``P_k = c_k |rfft(x)_k| ** 2 / N ** 2`` with ``c_k = 1`` for the DC and (even ``N``)
+      Nyquist bins, 2 otherwise; the band sums the bins with ``lo_hz <= k * fs / N <
+      hi_hz``. Bands tiling [0, fs/2] add up to ``rms ** 2`` (Parseval); over a window, the
+      sample-weighted mean of the frames' band powers.
+    * Outputs with no defined value are NaN (empty window, ``crest`` of an all-zero signal).
+      Moments of magnitudes above ~1e154 overflow to inf, as numpy's do.
+    * Non-finite values (NaN, ±inf) and frames holding one are skipped and counted
+      (:attr:`FeatureAccumulator.skipped_values` / ``skipped_frames``), never aggregated.
+
+    Frozen and thread-safe.
+    """
+
+    def __new__(cls, aggs: Sequence[str | Mapping[str, Any]]) -> Self:
+        """Validate ``aggs``; :class:`FeatureSpecError` naming the aggregation and the
+        parameter if it does not."""
+
+    @property
+    def names(self) -> list[str]:
+        """Output names in spec order (the keys of :meth:`FeatureAccumulator.result`)."""
+
+    @property
+    def fingerprint(self) -> int:
+        """CRC-32 of :meth:`to_json`; stored in every state blob, so a blob is only read
+        back with a spec of equal canonical form (a renamed output changes it)."""
+
+    def to_json(self) -> str:
+        """The spec in canonical JSON: every item a mapping with ``agg``, ``name`` and all
+        parameters (defaults filled in), keys sorted. ``FeatureSpec(json.loads(s.to_json()))
+        == s``."""
+
+    def __eq__(self, value: object, /) -> bool:
+        """Equal canonical form."""
+
+    def __hash__(self) -> int: ...
+
+@final
+class FeatureAccumulator:
+    """The mergeable state of one key and window for a :class:`FeatureSpec`.
+
+    Feed it values (``update``, ``update_many``) or frames (``update_frame``,
+    ``update_sensor_frame``), ``merge`` other accumulators of an equal spec into it
+    (session windows), keep it in Flink state as :meth:`to_bytes`, read the outputs with
+    :meth:`result`. Not thread-safe: use one accumulator from one thread at a time
+    (concurrent use raises ``RuntimeError``, it cannot corrupt the state).
+    """
+
+    def __new__(cls, spec: FeatureSpec) -> Self:
+        """An empty accumulator."""
+
+    @staticmethod
+    def from_bytes(spec: FeatureSpec, data: bytes) -> FeatureAccumulator:
+        """Read back a :meth:`to_bytes` blob written for an equal ``spec``;
+        :class:`StateError` otherwise (never a crash)."""
+
+    @property
+    def spec(self) -> FeatureSpec:
+        """The spec it was created with."""
+
+    @property
+    def count(self) -> int:
+        """Finite values aggregated."""
+
+    @property
+    def frames(self) -> int:
+        """Frames aggregated."""
+
+    @property
+    def skipped_values(self) -> int:
+        """Non-finite values seen and not aggregated."""
+
+    @property
+    def skipped_frames(self) -> int:
+        """Frames seen and not aggregated because a sample was not finite."""
+
+    def update(self, ts_ms: int, value: float) -> None:
+        """Add one value at event time ``ts_ms`` (epoch ms)."""
+
+    def update_many(self, ts_ms: Sequence[int] | Any, values: Sequence[float] | Any) -> None:
+        """Add ``values[i]`` at ``ts_ms[i]`` for all ``i``: one call per batch. Fast path: 1-D
+        numpy ``int64`` / ``float64`` arrays (read through the buffer protocol); any other
+        sequence of ints / numbers is converted item by item. ``ValueError`` if the lengths
+        differ (nothing is added), ``TypeError`` for float timestamps or non-numbers."""
+
+    def update_frame(self, samples: Sequence[float] | Any, sample_rate_hz: float) -> None:
+        """Add one vibration frame: 1-D numpy ``float32`` / ``float64`` array or a sequence
+        of numbers (1..65536 samples), ``sample_rate_hz`` finite and > 0 (``ValueError``
+        otherwise)."""
+
+    def update_sensor_frame(self, data: bytes) -> None:
+        """Decode one binary sensor frame (as :meth:`FrameDecoder.decode`, up to 4096
+        samples; its :class:`DecodeError` subclasses on bad input) and add it, without
+        building Python floats."""
+
+    def merge(self, other: FeatureAccumulator) -> None:
+        """Fold ``other`` into this accumulator (``other`` is unchanged; ``a.merge(a)``
+        doubles ``a``). :class:`FeatureSpecError` if the specs differ."""
+
+    def to_bytes(self) -> bytes:
+        """The state as a compact blob: format version byte, spec fingerprint, the state
+        the spec needs (varints and little-endian f64), CRC-32."""
+
+    def result(self) -> dict[str, float]:
+        """Output name → value, in spec order (all names always present; NaN where
+        undefined)."""

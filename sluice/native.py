@@ -5,6 +5,7 @@ Thin re-export of :mod:`sluice._native` (built from ``udfs_rs/`` with maturin)::
     from sluice.native import AvroDecoder, AvroEncoder, DecodeError
     from sluice.native import EventDecoder, FrameDecoder, encode_frame
     from sluice.native import QualityChecker, QualitySuiteError
+    from sluice.native import FeatureAccumulator, FeatureSpec, FeatureSpecError, StateError
 
 See ``sluice/_native.pyi`` for the documented API.
 """
@@ -62,6 +63,12 @@ try:
 except ImportError as _exc:  # pragma: no cover - depends on the build state
     _STALE_BUILD = _STALE_BUILD or str(_exc)
 
+# Window feature accumulators (issue 4), same stale-build handling.
+try:
+    from sluice._native import FeatureAccumulator, FeatureSpec, FeatureSpecError, StateError
+except ImportError as _exc:  # pragma: no cover - depends on the build state
+    _STALE_BUILD = _STALE_BUILD or str(_exc)
+
 if _STALE_BUILD:  # pragma: no cover - depends on the build state
 
     def __getattr__(name: str) -> object:
@@ -82,6 +89,9 @@ __all__ = [
     "EmptyMessageError",
     "EncodeError",
     "EventDecoder",
+    "FeatureAccumulator",
+    "FeatureSpec",
+    "FeatureSpecError",
     "FrameDecoder",
     "InvalidUtf8Error",
     "MalformedJsonError",
@@ -91,6 +101,7 @@ __all__ = [
     "QualitySuiteError",
     "SchemaError",
     "SluiceError",
+    "StateError",
     "TooDeepError",
     "TrailingBytesError",
     "TruncatedError",

@@ -19,8 +19,13 @@
 //! │   ├── MalformedJsonError "malformed-json"             (JSON)
 //! │   └── MissingFieldError  "missing-field"              (JSON)
 //! ├── EncodeError            .reason .path
-//! └── QualitySuiteError      (a great-expectations suite the Rust checks cannot compile)
+//! ├── QualitySuiteError      (a great-expectations suite the Rust checks cannot compile)
+//! ├── FeatureSpecError       (a feature spec that does not validate; a spec mismatch)
+//! └── StateError             (an accumulator state blob that cannot be read back)
 //! ```
+//!
+//! Bad call arguments of the feature accumulators (array lengths that
+//! differ, an empty frame, a sample rate <= 0) are plain `ValueError`s.
 //!
 //! Python exceptions are only materialised in [`SluiceErr::into_pyerr`], which
 //! takes the `Python` token of the calling `#[pymethods]` function (never
@@ -142,6 +147,20 @@ create_exception!(
     "A great-expectations suite cannot be compiled into per-record checks (bad JSON, unsupported expectation type or kwarg, unknown column, a regex the Rust engine cannot run identically to Python's re.search). The message names the expectation."
 );
 
+create_exception!(
+    sluice.native,
+    FeatureSpecError,
+    SluiceError,
+    "A feature spec does not validate (unknown aggregation or parameter, a parameter out of range, two outputs with one name), or an accumulator is used with the wrong spec or input kind. The message names the aggregation (by index and kind) and the parameter."
+);
+
+create_exception!(
+    sluice.native,
+    StateError,
+    SluiceError,
+    "An accumulator state blob cannot be read back: too short, another format version, checksum mismatch, written for another feature spec, or contents that are inconsistent."
+);
+
 /// Why a decode failed. `as_str` gives the stable reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeReason {
@@ -249,6 +268,12 @@ pub enum SluiceErr {
     Encode(Box<EncodeFailure>),
     /// A data-quality suite that cannot be compiled (see `quality.rs`).
     QualitySuite(String),
+    /// An invalid feature spec, or an accumulator used against its spec (`features.rs`).
+    FeatureSpec(String),
+    /// An accumulator state blob that cannot be read back (`features.rs`).
+    State(String),
+    /// A bad call argument (Python `ValueError`).
+    Value(String),
     /// A Python error raised while building / reading Python objects.
     Python(PyErr),
 }
@@ -360,6 +385,9 @@ impl SluiceErr {
             SluiceErr::Python(e) => e,
             SluiceErr::Schema(_) => SchemaError::new_err(msg),
             SluiceErr::QualitySuite(_) => QualitySuiteError::new_err(msg),
+            SluiceErr::FeatureSpec(_) => FeatureSpecError::new_err(msg),
+            SluiceErr::State(_) => StateError::new_err(msg),
+            SluiceErr::Value(_) => pyo3::exceptions::PyValueError::new_err(msg),
             SluiceErr::Decode(d) => {
                 let err = match d.reason {
                     DecodeReason::Empty => EmptyMessageError::new_err(msg),
@@ -408,7 +436,11 @@ impl SluiceErr {
 impl fmt::Display for SluiceErr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SluiceErr::Schema(m) | SluiceErr::QualitySuite(m) => f.write_str(m),
+            SluiceErr::Schema(m)
+            | SluiceErr::QualitySuite(m)
+            | SluiceErr::FeatureSpec(m)
+            | SluiceErr::State(m)
+            | SluiceErr::Value(m) => f.write_str(m),
             SluiceErr::Python(e) => write!(f, "{e}"),
             SluiceErr::Decode(d) => {
                 write!(f, "{}", d.reason.as_str())?;
@@ -570,5 +602,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     enc.setattr("path", &none)?;
     m.add("EncodeError", enc)?;
     m.add("QualitySuiteError", py.get_type::<QualitySuiteError>())?;
+    m.add("FeatureSpecError", py.get_type::<FeatureSpecError>())?;
+    m.add("StateError", py.get_type::<StateError>())?;
     Ok(())
 }

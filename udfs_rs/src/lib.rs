@@ -15,14 +15,17 @@
 //! * [`frames`]  – binary sensor frames (`sensor-frames` topic): decode, stats, encode.
 //! * [`events`]  – maintenance-event JSON (`maintenance-events` topic) via serde_json.
 //! * [`quality`] – great-expectations suites compiled to per-record checks.
+//! * [`features`] – mergeable, serialisable window feature accumulators (moments,
+//!   EWMA, slope, DDSketch quantiles, waveform RMS/peak/crest/kurtosis/FFT bands).
 //! * [`errors`]  – the one error enum + Python exception hierarchy.
 //! * `py`        – pyo3 classes (`AvroDecoder`, `AvroEncoder`, `FrameDecoder`,
-//!   `EventDecoder`, `QualityChecker`, ...).
+//!   `EventDecoder`, `QualityChecker`, `FeatureSpec`, `FeatureAccumulator`, ...).
 
 pub mod decode;
 pub mod encode;
 pub mod errors;
 pub mod events;
+pub mod features;
 pub mod frames;
 pub mod framing;
 mod py;
@@ -49,6 +52,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::EventDecoder>()?;
     m.add_function(wrap_pyfunction!(py::encode_frame, m)?)?;
     m.add_class::<py::QualityChecker>()?;
+    m.add_class::<py::FeatureSpec>()?;
+    m.add_class::<py::FeatureAccumulator>()?;
     errors::register(m)?;
     Ok(())
 }

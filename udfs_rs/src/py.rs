@@ -3,7 +3,8 @@
 //! Also the decoders of the two non-Avro topics: `FrameDecoder` /
 //! `encode_frame` (binary sensor frames, `frames.rs`) and `EventDecoder`
 //! (maintenance-event JSON, `events.rs`), and `QualityChecker` (a
-//! great-expectations suite compiled to per-record checks, `quality.rs`).
+//! great-expectations suite compiled to per-record checks, `quality.rs`), and
+//! `FeatureSpec` / `FeatureAccumulator` (window features, `features.rs`).
 //!
 //! Thread-safety: every entry point uses the `Python` token pyo3 hands to the
 //! `#[pymethods]` (the module never calls `Python::attach` / `with_gil`, which
@@ -16,7 +17,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, RwLock};
 
-use pyo3::exceptions::PyValueError;
+use pyo3::buffer::PyBuffer;
+use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{
     PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
@@ -24,12 +26,12 @@ use pyo3::types::{
 
 use crate::decode::{self, Sink};
 use crate::encode::{EncCtx, EncPlan, EntryFn, Kind};
-use crate::errors::{DecodeReason, IntoPyResult, SchemaError, SluiceErr};
+use crate::errors::{DecodeReason, FeatureSpecError, IntoPyResult, SchemaError, SluiceErr};
 use crate::resolve::{Plan, RecordPlan};
 use crate::schema::{NamedKind, SchemaIr};
 use crate::value::Value;
 use crate::quality::{self, Cell};
-use crate::{events, frames, framing};
+use crate::{events, features, frames, framing};
 
 /// Per named type of a schema: record field names or enum symbols as
 /// interned Python strings (empty for fixed).
@@ -1102,6 +1104,329 @@ impl QualityChecker {
             self.core.expectations.len(),
             self.core.expectations.iter().filter(|e| e.blocking).count(),
             self.core.audit_only.len()
+        )
+    }
+}
+
+// ------------------------------------------------------- window features
+
+/// A Python spec item (str / int / float / bool / None / list / dict) as
+/// JSON, for [`features::Spec::parse`]. `Err` is the reason, without the
+/// aggregation's position (the caller adds it).
+fn spec_json(v: &Bound<'_, PyAny>, depth: usize) -> Result<serde_json::Value, String> {
+    use serde_json::Value as J;
+    if depth > 4 {
+        return Err("nested too deeply".into());
+    }
+    if v.is_none() {
+        return Ok(J::Null);
+    }
+    if let Ok(b) = v.cast::<PyBool>() {
+        return Ok(J::Bool(b.is_true()));
+    }
+    if let Ok(s) = v.cast::<PyString>() {
+        return s
+            .to_str()
+            .map(|s| J::String(s.to_owned()))
+            .map_err(|_| "a str that is not valid UTF-8".to_owned());
+    }
+    if let Ok(f) = v.cast::<PyFloat>() {
+        let x = f.value();
+        return serde_json::Number::from_f64(x)
+            .map(J::Number)
+            .ok_or_else(|| format!("{x} is not a finite number"));
+    }
+    if let Ok(l) = v.cast::<PyList>() {
+        return l.iter().map(|x| spec_json(&x, depth + 1)).collect();
+    }
+    if let Ok(t) = v.cast::<PyTuple>() {
+        return t.iter().map(|x| spec_json(&x, depth + 1)).collect();
+    }
+    if let Ok(d) = v.cast::<PyDict>() {
+        let mut m = serde_json::Map::new();
+        for (k, x) in d.iter() {
+            let key = k
+                .cast::<PyString>()
+                .ok()
+                .and_then(|s| s.to_str().ok().map(str::to_owned))
+                .ok_or_else(|| format!("mapping key {} is not a str", type_name(&k)))?;
+            let val = spec_json(&x, depth + 1).map_err(|e| format!("{key:?}: {e}"))?;
+            m.insert(key, val);
+        }
+        return Ok(J::Object(m));
+    }
+    // int and int-likes (numpy integers), then float-likes (numpy floats).
+    if let Ok(i) = v.extract::<i64>() {
+        return Ok(J::Number(i.into()));
+    }
+    if let Ok(x) = v.extract::<f64>() {
+        return serde_json::Number::from_f64(x)
+            .map(J::Number)
+            .ok_or_else(|| format!("{x} is not a finite number"));
+    }
+    Err(format!("unsupported value of type {}", type_name(v)))
+}
+
+/// A validated feature spec (`features.rs`): the aggregations of one window.
+#[pyclass(frozen, module = "sluice._native")]
+pub struct FeatureSpec {
+    core: Arc<features::Spec>,
+    names: Vec<Py<PyString>>,
+}
+
+#[pymethods]
+impl FeatureSpec {
+    #[new]
+    fn new(py: Python<'_>, aggs: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let items: Vec<Bound<'_, PyAny>> = if let Ok(l) = aggs.cast::<PyList>() {
+            l.iter().collect()
+        } else if let Ok(t) = aggs.cast::<PyTuple>() {
+            t.iter().collect()
+        } else {
+            return Err(FeatureSpecError::new_err(format!(
+                "a feature spec is a list of aggregations, got {}",
+                type_name(aggs)
+            )));
+        };
+        let json = items
+            .iter()
+            .enumerate()
+            .map(|(i, item)| {
+                spec_json(item, 0)
+                    .map_err(|e| FeatureSpecError::new_err(format!("aggregation {i}: {e}")))
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        let core = features::Spec::parse(&serde_json::Value::Array(json)).py_err(py)?;
+        let names = core
+            .names()
+            .map(|n| PyString::intern(py, n).unbind())
+            .collect();
+        Ok(FeatureSpec {
+            core: Arc::new(core),
+            names,
+        })
+    }
+
+    /// Output names, in spec order.
+    #[getter]
+    fn names<'py>(&self, py: Python<'py>) -> Vec<Bound<'py, PyString>> {
+        self.names.iter().map(|n| n.bind(py).clone()).collect()
+    }
+
+    /// CRC-32 of the canonical spec; stored in every state blob.
+    #[getter]
+    fn fingerprint(&self) -> u32 {
+        self.core.fingerprint
+    }
+
+    /// The spec as canonical JSON (defaults filled in, keys sorted).
+    fn to_json(&self) -> &str {
+        &self.core.canonical
+    }
+
+    fn __eq__(&self, other: &Bound<'_, PyAny>) -> bool {
+        other
+            .cast::<FeatureSpec>()
+            .is_ok_and(|o| *o.get().core == *self.core)
+    }
+
+    fn __hash__(&self) -> u64 {
+        u64::from(self.core.fingerprint)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "FeatureSpec([{}], fingerprint={:#010x})",
+            self.core.summary(),
+            self.core.fingerprint
+        )
+    }
+}
+
+/// A 1-D f64 buffer (numpy float64 array) or a sequence of numbers.
+fn f64_values(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<f64>> {
+    if let Ok(buf) = PyBuffer::<f64>::get(v) {
+        if buf.dimensions() != 1 {
+            return Err(PyValueError::new_err(format!(
+                "{what} must be 1-dimensional, got {} dimensions",
+                buf.dimensions()
+            )));
+        }
+        return buf.to_vec(py);
+    }
+    if v.is_instance_of::<PyBytes>() || v.is_instance_of::<PyByteArray>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be numbers, got {}",
+            type_name(v)
+        )));
+    }
+    v.extract::<Vec<f64>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a 1-D float64 array or a sequence of numbers, got {}",
+            type_name(v)
+        ))
+    })
+}
+
+/// A 1-D i64 buffer (numpy int64 array) or a sequence of ints.
+fn i64_values(py: Python<'_>, v: &Bound<'_, PyAny>, what: &str) -> PyResult<Vec<i64>> {
+    if let Ok(buf) = PyBuffer::<i64>::get(v) {
+        if buf.dimensions() != 1 {
+            return Err(PyValueError::new_err(format!(
+                "{what} must be 1-dimensional, got {} dimensions",
+                buf.dimensions()
+            )));
+        }
+        return buf.to_vec(py);
+    }
+    if v.is_instance_of::<PyBytes>() || v.is_instance_of::<PyByteArray>() {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be ints, got {}",
+            type_name(v)
+        )));
+    }
+    v.extract::<Vec<i64>>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what} must be a 1-D int64 array or a sequence of ints, got {}",
+            type_name(v)
+        ))
+    })
+}
+
+/// The state of one key and window for a [`FeatureSpec`].
+#[pyclass(module = "sluice._native")]
+pub struct FeatureAccumulator {
+    spec: Py<FeatureSpec>,
+    core: features::Accumulator,
+}
+
+#[pymethods]
+impl FeatureAccumulator {
+    #[new]
+    fn new(spec: Bound<'_, FeatureSpec>) -> Self {
+        let core = features::Accumulator::new(spec.get().core.clone());
+        FeatureAccumulator {
+            spec: spec.unbind(),
+            core,
+        }
+    }
+
+    /// Rebuild an accumulator from `to_bytes()` output, for the same spec.
+    #[staticmethod]
+    fn from_bytes(spec: Bound<'_, FeatureSpec>, data: &[u8]) -> PyResult<Self> {
+        let core =
+            features::Accumulator::from_bytes(spec.get().core.clone(), data).py_err(spec.py())?;
+        Ok(FeatureAccumulator {
+            spec: spec.unbind(),
+            core,
+        })
+    }
+
+    #[getter]
+    fn spec(&self, py: Python<'_>) -> Py<FeatureSpec> {
+        self.spec.clone_ref(py)
+    }
+
+    /// Finite values aggregated.
+    #[getter]
+    fn count(&self) -> u64 {
+        self.core.count()
+    }
+
+    /// Frames aggregated.
+    #[getter]
+    fn frames(&self) -> u64 {
+        self.core.frames()
+    }
+
+    #[getter]
+    fn skipped_values(&self) -> u64 {
+        self.core.skipped_values()
+    }
+
+    #[getter]
+    fn skipped_frames(&self) -> u64 {
+        self.core.skipped_frames()
+    }
+
+    fn update(&mut self, py: Python<'_>, ts_ms: i64, value: f64) -> PyResult<()> {
+        self.core.update(ts_ms, value).py_err(py)
+    }
+
+    fn update_many(
+        &mut self,
+        py: Python<'_>,
+        ts_ms: &Bound<'_, PyAny>,
+        values: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let ts = i64_values(py, ts_ms, "ts_ms")?;
+        let xs = f64_values(py, values, "values")?;
+        self.core.update_many(&ts, &xs).py_err(py)
+    }
+
+    fn update_frame(
+        &mut self,
+        py: Python<'_>,
+        samples: &Bound<'_, PyAny>,
+        sample_rate_hz: f64,
+    ) -> PyResult<()> {
+        // numpy float32 frames are common (the wire format is f32).
+        if let Ok(buf) = PyBuffer::<f32>::get(samples) {
+            if buf.dimensions() == 1 {
+                let v = buf.to_vec(py)?;
+                return self
+                    .core
+                    .update_frame(v.iter().map(|&x| f64::from(x)), sample_rate_hz)
+                    .map(drop)
+                    .py_err(py);
+            }
+        }
+        let v = f64_values(py, samples, "samples")?;
+        self.core
+            .update_frame(v.into_iter(), sample_rate_hz)
+            .map(drop)
+            .py_err(py)
+    }
+
+    fn update_sensor_frame(&mut self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        let frame = frames::decode(data, frames::MAX_SAMPLES).py_err(py)?;
+        self.core
+            .update_frame(frame.samples(), f64::from(frame.sample_rate_hz))
+            .map(drop)
+            .py_err(py)
+    }
+
+    fn merge(slf: &Bound<'_, Self>, other: &Bound<'_, Self>) -> PyResult<()> {
+        let py = slf.py();
+        if slf.is(other) {
+            let copy = slf.borrow().core.clone();
+            return slf.borrow_mut().core.merge(&copy).py_err(py);
+        }
+        let o = other.try_borrow()?;
+        slf.try_borrow_mut()?.core.merge(&o.core).py_err(py)
+    }
+
+    fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.core.to_bytes())
+    }
+
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let spec = self.spec.get();
+        for (name, v) in spec.names.iter().zip(self.core.result()) {
+            d.set_item(name.bind(py), v)?;
+        }
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "FeatureAccumulator(count={}, frames={}, skipped_values={}, skipped_frames={}, outputs=[{}])",
+            self.core.count(),
+            self.core.frames(),
+            self.core.skipped_values(),
+            self.core.skipped_frames(),
+            self.core.spec().summary()
         )
     }
 }
