@@ -207,9 +207,9 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
 
     ``extend`` adds operators of a later job version: it sees the views ``ingested``,
     ``counted`` and ``scored`` and adds its INSERTs after all of ours. Savepoints
-    map operator state by uid, and the planner numbers operators in declaration order,
-    so appending keeps every existing uid (tests/e2e/test_upgrade.py proves it);
-    reordering or editing an existing statement does not."""
+    map operator state by uid, which the planner derives from its numbering of the
+    plan; appending keeps every existing uid (tests/e2e/test_upgrade.py proves it),
+    editing or reordering existing statements is not covered."""
     t_env = StreamTableEnvironment.create(env)
     # Per-event-id dedup state lives this long (a repeat after that is not detected).
     t_env.get_config().set("table.exec.state.ttl", f"{cfg.ingest.dedup_ttl_ms} ms")

@@ -331,3 +331,31 @@ def test_an_enriched_v2_schema_is_written_without_seq(registry, port: int) -> No
     assert "seq" not in out and out["event_id"] == "e1"
     with pytest.raises(Exception):  # noqa: B017,PT011 - v2 bytes are not a v3 record
         _read(ENRICHED, row[2])
+
+
+def test_audit_window_decodes_events_an_earlier_job_version_wrote(registry, port: int) -> None:
+    """After an upgrade from a savepoint (F4) the audit windows hold canonical events
+    encoded with the previous EnrichedReading schema id: fetched from the registry."""
+    from sluice.native import AvroEncoder, UnknownSchemaError
+    from sluice.quality import load_suite, suite_path
+    from sluice.udfs import AuditWindow
+
+    quality = read_schema(SCHEMAS / "quality-value/v1.avsc")
+    _Registry.schemas[41] = ENRICHED_V2
+    old = _ingest(port, enriched=ENRICHED_V2)
+    old.enriched_encoder = AvroEncoder(ENRICHED_V2, 41)
+    event = old.eval(_framed(V1, 1, READING), b"dev-1", "telemetry", 0, 7, KAFKA_TS)[2]
+    assert event[1:5] == (41).to_bytes(4, "big")
+    suite = load_suite(suite_path(SCHEMAS / "expectations", "telemetry"))
+
+    def audit(conf):  # noqa: ANN001, ANN202
+        a = AuditWindow(suites={"telemetry": suite}, enriched_schema=ENRICHED, enriched_id=10,
+                        quality_schema=quality, quality_id=12, window_ms=10_000,
+                        registry_conf=conf, registry_retry=RetryPolicy(bound_ms=300, backoff_ms=50))
+        a.open(FunctionContext(None, {}))
+        return a
+
+    result = audit({"url": f"http://127.0.0.1:{port}"}).result([event])
+    assert result is not None and result["record_count"] == 1
+    with pytest.raises(UnknownSchemaError):  # control: without the registry it cannot decode
+        audit(None).result([event])
