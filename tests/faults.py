@@ -728,12 +728,22 @@ class FaultScenario:
 
 def report(fault: str, gen: Generated, *, restarts: int, restored: dict[str, Any] | None,
            recovery_seconds: float, **details: Any) -> str:
-    """The one line a fault test prints (quoted in closing notes)."""
+    """The one line a fault test prints (quoted in closing notes), also appended to
+    ``out/test-reports/faults.log`` so a `make test` run keeps every fault's numbers."""
     extra = "; ".join(f"{k.replace('_', ' ')} {v}" for k, v in details.items())
     line = (f"{fault}: {gen.total} records checked ({len(gen.readings)} readings, "
             f"{len(gen.corrupt)} corrupt), 0 missing / 0 duplicated / 0 wrong, no hanging "
             f"transactions; restarts {restarts}; restored checkpoint "
             f"{(restored or {}).get('id')}; recovery {recovery_seconds} s"
             + (f"; {extra}" if extra else ""))
+    return log_line(line)
+
+
+def log_line(line: str) -> str:
+    """Print a result line and append it to ``out/test-reports/faults.log``."""
     print("\n" + line)
+    log = Path(__file__).resolve().parents[1] / "out" / "test-reports" / "faults.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as f:
+        f.write(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} {line}\n")
     return line

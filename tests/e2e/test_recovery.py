@@ -44,6 +44,7 @@ from tests.faults import (
     Kill,
     assert_exactly_once,
     kill_taskmanager,
+    log_line,
     restore_taskmanager,
     scenario_config,
     taskmanager_ids,
@@ -142,7 +143,7 @@ def test_exactly_once_survives_taskmanager_kill(
     # visible to read_uncommitted only. Reported, not required: when the transaction's
     # checkpoint completed just before the kill, the restored job commits it instead.
     written, replayed = uncommitted_duplicates(cfg, [cfg.topics.enriched, cfg.topics.dlq])
-    print(f"\nexactly-once: {o.gen.total} in ({len(o.gen.readings)} readings, "
+    log_line(f"exactly-once: {o.gen.total} in ({len(o.gen.readings)} readings, "
           f"{len(o.gen.corrupt)} corrupt); killed TM pid {o.kill.pid} with "
           f"{o.visible_before_kill} outputs committed, last checkpoint "
           f"{o.checkpoint_before_kill}, {o.open_txn_offsets_at_kill} offsets in open transactions; "
@@ -183,7 +184,7 @@ def test_at_least_once_control_shows_duplicates(
     # checkpoint, so it was written again.
     assert written - dups == o.gen.total
     assert dups >= o.visible_before_kill - o.a_total > 0, o
-    print(f"\nat-least-once: {o.gen.total} in; killed TM pid {o.kill.pid} with "
+    log_line(f"at-least-once: {o.gen.total} in; killed TM pid {o.kill.pid} with "
           f"{o.visible_before_kill} outputs visible, last checkpoint "
           f"{o.checkpoint_before_kill}; restarts {o.restarts}, restored checkpoint "
           f"{o.restored_checkpoint.get('id')}; enriched + dlq records {written}, duplicates "

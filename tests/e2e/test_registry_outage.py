@@ -45,7 +45,7 @@ from sluice.stack import StackPorts, status, up
 from sluice.verify import verify
 from tests import oracle
 from tests.conftest import PYTHON, RUN_DIR, run_job, unique_config, write_config
-from tests.faults import FlinkRest, OutputWatch, job_id_from_output, merge
+from tests.faults import FlinkRest, OutputWatch, job_id_from_output, log_line, merge
 from tests.pipeline_checks import _ms, decoded_outputs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
@@ -163,7 +163,7 @@ def test_registry_down_30s_with_new_writer_ids(stack: SluiceConfig, flink_cluste
 
     rep = verify(cfg, idle_timeout=2)
     assert rep.ok, rep.as_dict()
-    print(f"\nF6 registry outage: {gen.total} records in ({len(gen_b.readings)} readings during "
+    log_line(f"F6 registry outage: {gen.total} records in ({len(gen_b.readings)} readings during "
           f"the outage, {n_new} of them with unseen writer ids); registry down {outage_s:.0f} s; "
           f"B accounted for after {b_out_s:.0f} s; {len(outage_dead)} dead-lettered as "
           f"unknown-schema, {n_enriched_new} decoded; restarts {restarts}; "
