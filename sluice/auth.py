@@ -99,7 +99,7 @@ def check_kafka_login(
     last: Exception | None = None
     while True:
         try:
-            md = admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            md = admin.list_topics(timeout=min(0.25, max(0.05, deadline - time.monotonic())))
             if md.brokers:
                 return md
         except KafkaException as exc:
@@ -122,7 +122,8 @@ def registry_auth_error(exc: BaseException, url: str) -> RegistryAuthError | Non
     from confluent_kafka.schema_registry.error import SchemaRegistryError
 
     if isinstance(exc, SchemaRegistryError) and exc.http_status_code in (401, 403):
-        return RegistryAuthError(url, f"HTTP {exc.http_status_code} {exc.error_message}")
+        reason = {401: "Unauthorized", 403: "Forbidden"}[exc.http_status_code]
+        return RegistryAuthError(url, f"HTTP {exc.http_status_code} {reason}")
     text = str(exc)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
         return RegistryAuthError(url, f"TLS certificate did not verify ({type(exc).__name__})")
