@@ -496,11 +496,11 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
         out.setdefault("registry", {})["url"] = env["SCHEMA_REGISTRY_URL"]
     for var, section, key in (("SLUICE_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
                               ("SLUICE_REGISTRY_BASIC_AUTH", "registry", "basic_auth")):
-        value, path = _secret_env(env, var)
-        if value is not None:
-            out.setdefault(section, {})[key] = value
-        if path is not None:
-            out.setdefault(section, {})[f"{key}_file"] = path
+        secret, secret_file = _secret_env(env, var)
+        if secret is not None:
+            out.setdefault(section, {})[key] = secret
+        if secret_file is not None:
+            out.setdefault(section, {})[f"{key}_file"] = secret_file
     return out
 
 

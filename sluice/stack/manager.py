@@ -658,9 +658,9 @@ def up(
         comps: dict[str, Any] = state["components"]
         running = [n for n in ("kafka", "registry") if n in comps and _owned(comps[n])]
         if running and bool(state.get("secure")) != secure:
-            have = "secured" if state.get("secure") else "plain"
+            mode = "secured" if state.get("secure") else "plain"
             raise StackError(
-                f"{', '.join(running)} already run(s) in {have} mode in {run_dir}; run "
+                f"{', '.join(running)} already run(s) in {mode} mode in {run_dir}; run "
                 "`sluice stack down` first to switch modes (or use another run dir)",
                 component=running[0],
             )
