@@ -664,6 +664,16 @@ def up(
                 "`sluice stack down` first to switch modes (or use another run dir)",
                 component=running[0],
             )
+        if secure and not material(run_dir).complete() and (
+            run_dir / "kafka" / "data" / "meta.properties"
+        ).exists():
+            raise StackError(
+                f"the broker storage in {run_dir / 'kafka' / 'data'} already exists but "
+                f"{material(run_dir).dir} is missing or incomplete: new passwords would not "
+                "match the SCRAM users stored in it. Restore the secrets, or delete the data "
+                "folder to start empty (or use another run dir)",
+                component="kafka",
+            )
         sec = ensure_material(run_dir) if secure else None
 
         # 1. What is already up (and ours)?
