@@ -286,3 +286,41 @@ def test_registry_errors_map_to_auth_errors() -> None:
 
 def test_material_of_a_run_dir() -> None:
     assert material(Path("/x")).dir == Path("/x/secrets")
+
+
+def test_secured_up_refuses_new_secrets_over_old_broker_storage(tmp_path: Path) -> None:
+    """Fresh passwords would not match the SCRAM users already formatted into the broker
+    storage: refused at once (not a 60 s health-check timeout), nothing started."""
+    from sluice.stack import up
+
+    (tmp_path / "kafka" / "data").mkdir(parents=True)
+    (tmp_path / "kafka" / "data" / "meta.properties").write_text("node.id=1\n")
+    with pytest.raises(StackError, match="would not match the SCRAM users"):
+        up(tmp_path, StackPorts(kafka=29991, kafka_controller=29992, registry=29993,
+                                registry_management=29994), secure=True)
+    assert not (tmp_path / "secrets").exists()
+
+
+def test_job_table_options_hold_references_not_secrets(tmp_path: Path) -> None:
+    """The Kafka source and sink DDL of jobs/pipeline.py (the table options Flink keeps in
+    the job graph): the password file is referenced, the password is not there."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sluice_pipeline_job", REPO / "jobs" / "pipeline.py")
+    assert spec is not None and spec.loader is not None
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    (tmp_path / "pw").write_text(PW)
+    (tmp_path / "auth").write_text(f"svc:{PW}")
+    cfg = load_config(REPO / "sluice.yaml", env={
+        "SLUICE_KAFKA_SASL_PASSWORD_FILE": str(tmp_path / "pw"), "SLUICE__KAFKA__SASL_USERNAME": "svc",
+        "SLUICE__KAFKA__PROPERTIES": "{security.protocol: SASL_SSL, sasl.mechanism: SCRAM-SHA-512}",
+        "SLUICE_REGISTRY_BASIC_AUTH_FILE": str(tmp_path / "auth")})
+    for ddl in (job._source_ddl(cfg), job._sink_ddl(cfg, "t", "topic")):
+        assert PW not in ddl
+        assert f"${{sluicedir:{tmp_path}:pw}}" in ddl
+        assert "'properties.security.protocol' = 'SASL_SSL'" in ddl
+    # Without a password file the options are not built at all (no inline password).
+    leaky = cfg.with_overrides(kafka={"sasl_password_file": None})
+    with pytest.raises(ConfigError):
+        job._source_ddl(leaky)
