@@ -283,10 +283,13 @@ def check_flink(name: str, rest_port: int, timeout: float = 3.0) -> tuple[bool, 
 def check_component(
     name: str, ports: StackPorts, timeout: float = 3.0, secure: SecureMaterial | None = None
 ) -> tuple[bool, str]:
-    if name == "kafka":
-        return check_kafka(ports.kafka, timeout, secure)
-    if name == "registry":
-        return check_registry(ports.registry, ports.registry_management, timeout, secure)
+    try:
+        if name == "kafka":
+            return check_kafka(ports.kafka, timeout, secure)
+        if name == "registry":
+            return check_registry(ports.registry, ports.registry_management, timeout, secure)
+    except OSError as exc:  # secured mode: a secret file went missing
+        return False, f"cannot read the secured mode's secrets: {exc}"
     return check_flink(name, ports.flink_rest, timeout)
 
 
