@@ -36,7 +36,7 @@ if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sluice.config import SluiceConfig, load_config  # noqa: E402
-from sluice.kafka_util import check_transaction_timeout  # noqa: E402
+from sluice.kafka_util import check_transaction_timeout, preflight  # noqa: E402
 from sluice.quality import load_suite, suite_path  # noqa: E402
 from sluice.registry import RetryPolicy, output_schema, read_schema  # noqa: E402
 from sluice.udfs import (  # noqa: E402
@@ -229,7 +229,9 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
         enriched_id=enriched.schema_id,
         dlq_schema=dlq.schema_str,
         dlq_id=dlq.schema_id,
-        registry_conf=cfg.registry.client_conf(),
+        # Credentials stay out of the pickled UDF: it reads them in open() from this file.
+        registry_conf=cfg.registry.client_conf(secret=False),
+        registry_auth_file=cfg.registry.udf_auth_file(),
         registry_retry=RetryPolicy(cfg.registry.unknown_id_retry_ms, cfg.registry.retry_backoff_ms),
         unknown_id_cooldown_ms=cfg.registry.unknown_id_cooldown_ms,
         devices=load_devices(cfg.path(cfg.reference.devices_csv)),
@@ -396,6 +398,9 @@ def main(argv: list[str] | None = None, extend: Extension | None = None) -> None
         overrides["startup_mode"] = args.startup_mode
     if overrides:
         cfg = cfg.with_overrides(job=overrides)
+    # Fail fast, before anything is submitted: wrong credentials or certificates raise
+    # KafkaAuthError / RegistryAuthError naming the endpoint, within seconds.
+    preflight(cfg)
     if cfg.job.delivery_guarantee == "exactly-once":
         check_transaction_timeout(cfg)
     if not submitted_by_flink_run():

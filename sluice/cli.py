@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
+import shlex
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -35,6 +38,41 @@ def _config(path: Path | None) -> SluiceConfig:
         raise typer.Exit(2) from None
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _fail_fast(fn: F) -> F:
+    """Wrong credentials, untrusted certificates, a missing secret file or a broker that
+    does not answer end the command at once with one clear line (exit 1), no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from sluice.auth import SluiceAuthError
+
+        try:
+            return fn(*args, **kwargs)
+        except (SluiceAuthError, TimeoutError) as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(1) from None
+        except ConfigError as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _preflight(cfg: SluiceConfig, registry: bool = True) -> None:
+    from sluice.kafka_util import preflight
+
+    preflight(cfg, registry=registry)
+
+
+def _preflight_registry_only(cfg: SluiceConfig) -> None:
+    from sluice.auth import check_registry_login
+
+    check_registry_login(cfg.registry.client_conf())
+
+
 def _ports(cfg: SluiceConfig):  # type: ignore[no-untyped-def]
     from sluice.stack import StackPorts
 
@@ -47,7 +85,7 @@ def _ports(cfg: SluiceConfig):  # type: ignore[no-untyped-def]
 
 
 def _status_table(st) -> Table:  # type: ignore[no-untyped-def]
-    t = Table(title="sluice local stack")
+    t = Table(title="sluice local stack" + (" (secured)" if getattr(st, "secure", False) else ""))
     for col in ("component", "state", "pid", "endpoint", "log"):
         t.add_column(col)
     for name, c in st.components.items():
@@ -59,6 +97,10 @@ def _status_table(st) -> Table:  # type: ignore[no-untyped-def]
 @stack_app.command("up")
 def stack_up(
     flink: Annotated[bool, typer.Option(help="also start a standalone Flink cluster")] = False,
+    secure: Annotated[bool, typer.Option(
+        help="secured mode: Kafka SASL_SSL (SCRAM-SHA-512), registry HTTPS + basic auth; "
+             "certificates and passwords generated into <run_dir>/secrets (docs/security.md)",
+    )] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Start the local stack in the background (idempotent)."""
@@ -67,12 +109,18 @@ def stack_up(
     cfg = _config(config)
     try:
         with console.status("starting the local stack") as spinner:
-            st = up(cfg.path(cfg.stack.run_dir), _ports(cfg), flink=flink,
+            st = up(cfg.path(cfg.stack.run_dir), _ports(cfg), flink=flink, secure=secure,
                     progress=lambda m: spinner.update(m))
     except StackError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
     console.print(_status_table(st))
+    if st.secure:
+        # Paths of the secret files only, never a secret.
+        console.print("# secured mode: point sluice at it with")
+        for k, v in st.client_env().items():
+            console.print(f"export {k}={shlex.quote(v)}", soft_wrap=True, markup=False)
+        return
     console.print(f"BOOTSTRAP_SERVERS={st.bootstrap_servers}  SCHEMA_REGISTRY_URL={st.registry_url}")
     if st.flink_rest_url:
         console.print(f"FLINK_CONF_DIR={st.flink_conf_dir}  Flink UI: {st.flink_rest_url}")
@@ -105,11 +153,13 @@ def stack_status(
 
 
 @schemas_app.command("register")
+@_fail_fast
 def schemas_register(config: ConfigOpt = None) -> None:
     """Register every schema version (oldest first) and set each subject's compatibility level."""
     from sluice.registry import RegistryUnavailable, register_all
 
     cfg = _config(config)
+    _preflight_registry_only(cfg)
     try:
         ids = register_all(cfg)
     except (RegistryUnavailable, ValueError) as exc:
@@ -155,6 +205,7 @@ def schemas_check(
 
 
 @dlq_app.command("inspect")
+@_fail_fast
 def dlq_inspect(
     config: ConfigOpt = None,
     reason: Annotated[str | None, typer.Option(help="only this reason, e.g. bad-magic")] = None,
@@ -166,6 +217,7 @@ def dlq_inspect(
     from sluice.dlq import by_reason, preview, read_dead_letters
 
     cfg = _config(config)
+    _preflight(cfg)
     letters = read_dead_letters(cfg, reason=reason)
     if as_json:
         for d in letters:
@@ -196,6 +248,7 @@ def dlq_inspect(
 
 
 @dlq_app.command("replay")
+@_fail_fast
 def dlq_replay(
     config: ConfigOpt = None,
     reason: Annotated[list[str] | None, typer.Option(
@@ -364,6 +417,7 @@ def features_check(
 
 
 @app.command()
+@_fail_fast
 def demo(
     config: ConfigOpt = None,
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,
@@ -405,6 +459,7 @@ def demo(
 
 
 @app.command()
+@_fail_fast
 def submit(
     config: ConfigOpt = None,
     detached: Annotated[bool, typer.Option("--detached", "-d", help="return once submitted")] = False,
@@ -435,6 +490,7 @@ def submit(
 
 
 @app.command()
+@_fail_fast
 def verify(
     config: ConfigOpt = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the machine-readable report")] = False,
@@ -450,6 +506,7 @@ def verify(
     from sluice.verify import verify as run_verify
 
     cfg = _config(config)
+    _preflight(cfg)
     rep = run_verify(cfg, idle_timeout=idle_timeout)
     if as_json:
         print(json.dumps(rep.as_dict(), default=str))
@@ -478,6 +535,7 @@ def verify(
 
 
 @app.command()
+@_fail_fast
 def generate(
     config: ConfigOpt = None,
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,
@@ -493,6 +551,7 @@ def generate(
     cfg = _config(config)
     if records is not None:
         cfg = cfg.with_overrides(generator={"records": records})
+    _preflight(cfg)
     ensure_topics(cfg)
     step = 1000 / cfg.generator.rate_eps if cfg.generator.rate_eps else 1.0
     items = plan(cfg, start_ms=0, step_ms=step)

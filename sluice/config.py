@@ -8,7 +8,12 @@ the environment, so the same file serves the local stack, CI and a real cluster:
 * the conventional ``BOOTSTRAP_SERVERS`` and ``SCHEMA_REGISTRY_URL``,
 * secrets only from the environment or files: ``SLUICE_KAFKA_SASL_PASSWORD``,
   ``SLUICE_REGISTRY_BASIC_AUTH`` (``user:password``), or ``*_FILE`` variants
-  naming a file that holds the value. Secrets are ``SecretStr`` and never logged.
+  naming a file that holds the value (also ``kafka.sasl_password_file`` /
+  ``registry.basic_auth_file`` in the YAML: a path, never the secret itself).
+  Secrets are ``SecretStr`` and never logged. The Flink job never carries them: its
+  Kafka connector resolves the password from the file on the TaskManager (Kafka's
+  ``DirectoryConfigProvider``), its UDFs read the registry credentials in ``open()``
+  (docs/security.md).
 """
 
 from __future__ import annotations
@@ -39,6 +44,28 @@ class ConfigError(ValueError):
     """The configuration is invalid; the message names the key and the fix."""
 
 
+#: flink-sql-connector-kafka relocates kafka-clients under this package: class names in
+#: the Flink job's Kafka properties (JAAS login module, config providers) must carry it.
+FLINK_KAFKA_SHADED = "org.apache.flink.kafka.shaded."
+
+#: Secrets are refused in the YAML itself: these keys may only come from env or files.
+SECRET_KEYS = {"kafka": ("sasl_password",), "registry": ("basic_auth",)}
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """The content of a secret file, stripped; ConfigError naming ``what`` and the path
+    (never the content) if it is missing, unreadable or empty."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{what}: secret file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"{what}: cannot read secret file {path}: {exc.strerror}") from None
+    if not text.strip():
+        raise ConfigError(f"{what}: secret file {path} is empty")
+    return text.strip()
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -49,7 +76,13 @@ class KafkaConfig(_Section):
     # (security.protocol, sasl.mechanism, ...). Never put secrets here.
     properties: dict[str, str] = Field(default_factory=dict)
     sasl_username: str | None = None
+    # From SLUICE_KAFKA_SASL_PASSWORD, or read from sasl_password_file at load time.
     sasl_password: SecretStr | None = None
+    # A file holding only the password (no trailing newline): what the Flink job's Kafka
+    # connector reads on the TaskManagers. SLUICE_KAFKA_SASL_PASSWORD_FILE sets it.
+    sasl_password_file: Path | None = None
+    # PEM file of the CA(s) that signed the brokers' certificates (TLS listeners).
+    ssl_ca_file: Path | None = None
     # Kafka transaction timeout the exactly-once sinks ask for. Must be
     # <= the broker's transaction.max.timeout.ms and >> the checkpoint interval.
     transaction_timeout_ms: int = Field(default=900_000, gt=0)
@@ -74,21 +107,42 @@ class KafkaConfig(_Section):
             props["sasl.username"] = self.sasl_username
         if self.sasl_password is not None:
             props["sasl.password"] = self.sasl_password.get_secret_value()
+        if self.ssl_ca_file is not None:
+            props["ssl.ca.location"] = str(self.ssl_ca_file)
         return props
 
-    def java_properties(self) -> dict[str, str]:
-        """Properties for the Flink Kafka connector (``properties.*`` options)."""
+    def java_properties(self, class_prefix: str = FLINK_KAFKA_SHADED) -> dict[str, str]:
+        """Properties for the Flink Kafka connector (``properties.*`` options). They hold
+        no secret: ``sasl.jaas.config`` names the password as
+        ``${dir:<folder>:<file>}``, which Kafka's DirectoryConfigProvider resolves when
+        the client is created on the TaskManager. ``class_prefix``: the package the
+        connector relocated kafka-clients to (empty for an unshaded kafka-clients)."""
         props = {"bootstrap.servers": self.bootstrap_servers, **self.properties}
+        if self.ssl_ca_file is not None:
+            props["ssl.truststore.type"] = "PEM"
+            props["ssl.truststore.location"] = str(self.ssl_ca_file)
         if self.sasl_username and self.sasl_password is not None:
+            if self.sasl_password_file is None:
+                raise ConfigError(
+                    "the Flink job reads the Kafka password from a file on the TaskManagers, "
+                    "never from its own configuration: set SLUICE_KAFKA_SASL_PASSWORD_FILE (or "
+                    "kafka.sasl_password_file) instead of SLUICE_KAFKA_SASL_PASSWORD"
+                )
+            pw = Path(self.sasl_password_file)
             mech = self.properties.get("sasl.mechanism", "PLAIN").upper()
-            module = (
+            module = class_prefix + (
                 "org.apache.kafka.common.security.scram.ScramLoginModule"
                 if mech.startswith("SCRAM")
                 else "org.apache.kafka.common.security.plain.PlainLoginModule"
             )
+            props["config.providers"] = "sluicedir"
+            props["config.providers.sluicedir.class"] = (
+                class_prefix + "org.apache.kafka.common.config.provider.DirectoryConfigProvider")
+            # The provider may read this one folder only.
+            props["config.providers.sluicedir.param.allowed.paths"] = str(pw.parent)
             props["sasl.jaas.config"] = (
                 f'{module} required username="{self.sasl_username}" '
-                f'password="{self.sasl_password.get_secret_value()}";'
+                f'password="${{sluicedir:{pw.parent}:{pw.name}}}";'
             )
         return props
 
@@ -97,7 +151,12 @@ class RegistryConfig(_Section):
     # Any Confluent-API schema registry (Confluent SR, Karapace, Redpanda,
     # Apicurio's /apis/ccompat/v7).
     url: str = "http://127.0.0.1:18081/apis/ccompat/v7"
+    # user:password, from SLUICE_REGISTRY_BASIC_AUTH or read from basic_auth_file at load.
     basic_auth: SecretStr | None = None
+    # A file holding user:password; the job's UDFs read it in open() on the TaskManagers.
+    basic_auth_file: Path | None = None
+    # PEM file of the CA that signed the registry's certificate (https URLs).
+    ssl_ca_file: Path | None = None
     # Register output schemas at job start; turn off where subjects are managed
     # by CI (`sluice schemas register`) and producers may not register.
     auto_register: bool = True
@@ -113,11 +172,28 @@ class RegistryConfig(_Section):
     # Seconds one registry request may take: without it a lost answer blocks forever.
     timeout_s: int = Field(default=30, gt=0)
 
-    def client_conf(self) -> dict[str, Any]:
+    def client_conf(self, *, secret: bool = True) -> dict[str, Any]:
+        """confluent-kafka SchemaRegistryClient settings; ``secret=False`` leaves the
+        credentials out (what the job's UDFs carry; they read :attr:`basic_auth_file`)."""
         conf: dict[str, Any] = {"url": self.url, "timeout": self.timeout_s}
-        if self.basic_auth is not None:
+        if self.ssl_ca_file is not None:
+            conf["ssl.ca.location"] = str(self.ssl_ca_file)
+        if secret and self.basic_auth is not None:
             conf["basic.auth.user.info"] = self.basic_auth.get_secret_value()
         return conf
+
+    def udf_auth_file(self) -> str | None:
+        """The credentials file the job's UDFs read at open(); ConfigError if the
+        credentials came from the environment only (the TaskManagers cannot see it)."""
+        if self.basic_auth is None:
+            return None
+        if self.basic_auth_file is None:
+            raise ConfigError(
+                "the Flink job's UDFs read the registry credentials from a file on the "
+                "TaskManagers, never from the job: set SLUICE_REGISTRY_BASIC_AUTH_FILE (or "
+                "registry.basic_auth_file) instead of SLUICE_REGISTRY_BASIC_AUTH"
+            )
+        return str(self.basic_auth_file)
 
 
 class TopicsConfig(_Section):
@@ -317,6 +393,42 @@ class SluiceConfig(BaseModel):
     # Relative paths in the file are resolved against this folder.
     base_dir: Path = REPO_ROOT
 
+    @model_validator(mode="before")
+    @classmethod
+    def _resolve_files(cls, data: Any) -> Any:
+        """Relative secret/CA file paths resolve against base_dir, like every other path;
+        a password file is read here, so a missing one fails at load, naming the key."""
+        if not isinstance(data, dict):
+            return data
+        base = Path(data.get("base_dir") or REPO_ROOT)
+        out = dict(data)
+        for section, key, secret in (("kafka", "sasl_password_file", "sasl_password"),
+                                     ("kafka", "ssl_ca_file", None),
+                                     ("registry", "basic_auth_file", "basic_auth"),
+                                     ("registry", "ssl_ca_file", None)):
+            sec = out.get(section)
+            if not isinstance(sec, dict) or sec.get(key) in (None, ""):
+                continue
+            sec = dict(sec)
+            path = Path(sec[key])
+            path = path if path.is_absolute() else base / path
+            sec[key] = path
+            if secret is not None:
+                what = f"{section}.{key}"
+                value = read_secret_file(path, what)
+                if section == "kafka" and path.read_text() != value:
+                    raise ConfigError(
+                        f"{what}: {path} has leading or trailing whitespace (a newline?): the "
+                        "Kafka Java client in the Flink job reads the file verbatim. Write it "
+                        "with `printf '%s' \"$PASSWORD\" > FILE`"
+                    )
+                if sec.get(secret) is None:
+                    sec[secret] = value
+            elif not path.is_file():
+                raise ConfigError(f"{section}.{key}: {path} does not exist")
+            out[section] = sec
+        return out
+
     @model_validator(mode="after")
     def _registry_wait_fits_checkpoints(self) -> SluiceConfig:
         wait, limit = self.registry.unknown_id_retry_ms, self.checkpoint.timeout_ms
@@ -396,13 +508,12 @@ class SluiceConfig(BaseModel):
             raise ConfigError(_explain(exc, "overrides")) from None
 
 
-def _read_secret(env: dict[str, str], name: str) -> str | None:
-    if name in env:
-        return env[name]
-    file_var = f"{name}_FILE"
-    if file_var in env:
-        return Path(env[file_var]).read_text().strip()
-    return None
+def _secret_env(env: dict[str, str], name: str) -> tuple[str | None, str | None]:
+    """(value of NAME, path in NAME_FILE); both at once is ambiguous and refused."""
+    value, path = env.get(name), env.get(f"{name}_FILE")
+    if value is not None and path is not None:
+        raise ConfigError(f"set either {name} or {name}_FILE, not both")
+    return value, path
 
 
 def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
@@ -423,12 +534,13 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
         out.setdefault("kafka", {})["bootstrap_servers"] = env["BOOTSTRAP_SERVERS"]
     if "SCHEMA_REGISTRY_URL" in env:
         out.setdefault("registry", {})["url"] = env["SCHEMA_REGISTRY_URL"]
-    password = _read_secret(env, "SLUICE_KAFKA_SASL_PASSWORD")
-    if password is not None:
-        out.setdefault("kafka", {})["sasl_password"] = password
-    auth = _read_secret(env, "SLUICE_REGISTRY_BASIC_AUTH")
-    if auth is not None:
-        out.setdefault("registry", {})["basic_auth"] = auth
+    for var, section, key in (("SLUICE_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
+                              ("SLUICE_REGISTRY_BASIC_AUTH", "registry", "basic_auth")):
+        secret, secret_file = _secret_env(env, var)
+        if secret is not None:
+            out.setdefault(section, {})[key] = secret
+        if secret_file is not None:
+            out.setdefault(section, {})[f"{key}_file"] = secret_file
     return out
 
 
@@ -446,7 +558,7 @@ def _explain(err: ValidationError, source: str) -> str:
     lines = [f"invalid configuration in {source}:"]
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        msg = e["msg"]
+        msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key; check the spelling against docs/configuration.md"
         lines.append(f"  {loc}: {msg}")
@@ -467,12 +579,22 @@ def load_config(
         raise ConfigError(f"{cfg_path} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{cfg_path}: the top level must be a mapping of sections")
+    for section, keys in SECRET_KEYS.items():
+        for key in keys:
+            if isinstance(raw.get(section), dict) and key in raw[section]:
+                raise ConfigError(
+                    f"{cfg_path}: {section}.{key}: secrets are never read from the config file; "
+                    f"name a file with {section}.{key}_file or set the environment (see "
+                    "docs/security.md)"
+                )
     raw.setdefault("base_dir", str(cfg_path.resolve().parent))
     data = _merge(raw, _env_overrides(env))
     try:
         cfg = SluiceConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, str(cfg_path))) from None
+    except ConfigError as exc:  # from a validator: add the file
+        raise ConfigError(f"invalid configuration in {cfg_path}: {exc}") from None
     # The job builds its windows from the spec: a bad one must stop it here, at start.
     cfg.feature_spec()
     return cfg

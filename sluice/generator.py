@@ -26,6 +26,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
+from sluice.auth import fail_fast
 from sluice.config import SluiceConfig
 from sluice.native import encode_frame
 from sluice.registry import read_schema
@@ -503,7 +504,7 @@ def encode_items(cfg: SluiceConfig, items: list[Item]) -> list[Encoded]:
 
 def _producer(cfg: SluiceConfig) -> Producer:
     return Producer({
-        **cfg.kafka.client_properties(),
+        **fail_fast(cfg.kafka.client_properties()),
         "enable.idempotence": True,
         "linger.ms": 5,
         "compression.type": "lz4",

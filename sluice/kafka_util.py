@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
+from sluice.auth import check_kafka_login, check_registry_login, fail_fast
 from sluice.config import SluiceConfig
 
 
@@ -17,7 +18,16 @@ class TransactionTimeoutError(ValueError):
 
 
 def admin(cfg: SluiceConfig) -> AdminClient:
-    return AdminClient(cfg.kafka.client_properties())
+    return AdminClient(fail_fast(cfg.kafka.client_properties()))
+
+
+def preflight(cfg: SluiceConfig, *, registry: bool = True, timeout: float = 15) -> None:
+    """Log in to Kafka (and the registry) once: KafkaAuthError / RegistryAuthError
+    within seconds on wrong credentials or certificates, TimeoutError naming the broker
+    if it does not answer; nothing is retried silently."""
+    check_kafka_login(cfg.kafka.client_properties(), timeout)
+    if registry:
+        check_registry_login(cfg.registry.client_conf())
 
 
 def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: float = 30) -> None:
@@ -79,6 +89,7 @@ def delete_topics(cfg: SluiceConfig, topics: list[str], timeout: float = 30) -> 
 
 
 def broker_max_transaction_timeout_ms(cfg: SluiceConfig, timeout: float = 15) -> int:
+    check_kafka_login(cfg.kafka.client_properties(), timeout)  # fails fast on bad credentials
     client = admin(cfg)
     brokers = client.list_topics(timeout=timeout).brokers
     if not brokers:
@@ -118,7 +129,7 @@ class Record:
 def _consumer(cfg: SluiceConfig, group: str) -> Consumer:
     return Consumer(
         {
-            **cfg.kafka.client_properties(),
+            **fail_fast(cfg.kafka.client_properties()),
             "group.id": group,
             # Exactly-once output is visible only once its transaction commits.
             "isolation.level": "read_committed",
@@ -253,7 +264,7 @@ def read_to_end(
     """
     c = Consumer(
         {
-            **cfg.kafka.client_properties(),
+            **fail_fast(cfg.kafka.client_properties()),
             "group.id": f"sluice-reader-{time.time_ns()}",
             "isolation.level": "read_committed",
             "enable.auto.commit": False,

@@ -19,6 +19,7 @@ import yaml
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from sluice.auth import registry_auth_error
 from sluice.config import SluiceConfig
 
 
@@ -77,18 +78,28 @@ def registry_client(cfg: SluiceConfig) -> SchemaRegistryClient:
     return SchemaRegistryClient(cfg.registry.client_conf())
 
 
+def _url(client: SchemaRegistryClient) -> str:
+    rest = getattr(client, "_rest_client", None)
+    urls = getattr(rest, "base_urls", None)
+    return ", ".join(urls) if urls else "the schema registry"
+
+
 def register(client: SchemaRegistryClient, subject: str, schema_str: str) -> int:
     try:
         return int(client.register_schema(subject, Schema(schema_str, "AVRO")))
-    except SchemaRegistryError as exc:
+    except Exception as exc:
+        auth = registry_auth_error(exc, _url(client))
+        if auth is not None:
+            raise auth from None
+        if not isinstance(exc, SchemaRegistryError):
+            raise RegistryUnavailable(
+                f"cannot reach the registry to register {subject}: {exc}") from exc
         if exc.http_status_code in (409, 422):
             raise ValueError(
                 f"the registry refused {subject}: {exc.error_message} "
                 f"(HTTP {exc.http_status_code}, error {exc.error_code})"
             ) from exc
         raise RegistryUnavailable(f"registry error registering {subject}: {exc}") from exc
-    except Exception as exc:  # connection refused, DNS, TLS
-        raise RegistryUnavailable(f"cannot reach the registry to register {subject}: {exc}") from exc
 
 
 def lookup(client: SchemaRegistryClient, subject: str, schema_str: str) -> int:
@@ -96,6 +107,9 @@ def lookup(client: SchemaRegistryClient, subject: str, schema_str: str) -> int:
     try:
         return int(client.lookup_schema(subject, Schema(schema_str, "AVRO")).schema_id)
     except SchemaRegistryError as exc:
+        auth = registry_auth_error(exc, _url(client))
+        if auth is not None:
+            raise auth from None
         if exc.http_status_code == 404:
             raise ValueError(
                 f"{subject}: this schema is not registered and registry.auto_register is off; "
@@ -133,7 +147,12 @@ def register_all(cfg: SluiceConfig) -> dict[str, list[int]]:
         for subject, spec in load_subjects(schemas_dir).items():
             try:
                 client.set_compatibility(subject_name=subject, level=spec["compatibility"])
-            except SchemaRegistryError as exc:
+            except Exception as exc:
+                auth = registry_auth_error(exc, _url(client))
+                if auth is not None:
+                    raise auth from None
+                if not isinstance(exc, SchemaRegistryError):
+                    raise
                 raise RegistryUnavailable(f"cannot set compatibility of {subject}: {exc}") from exc
             ids[subject] = [
                 register(client, subject, read_schema(p))
@@ -205,15 +224,20 @@ class WriterSchemaCache:
         return self._client
 
     def fetch(self, schema_id: int) -> str | None:
-        """The schema text, or None if the registry does not know the id (404)."""
+        """The schema text, or None if the registry does not know the id (404).
+        RegistryAuthError (not retried: waiting does not fix credentials) on 401/403."""
         try:
             schema = self.client.get_schema(schema_id)
-        except SchemaRegistryError as exc:
+        except Exception as exc:
+            auth = registry_auth_error(exc, str(self._conf.get("url", "?")))
+            if auth is not None:
+                raise auth from None
+            if not isinstance(exc, SchemaRegistryError):
+                raise RegistryUnavailable(
+                    f"cannot reach the registry for schema id {schema_id}: {exc}") from exc
             if exc.http_status_code == 404:
                 return None
             raise RegistryUnavailable(f"registry error fetching schema id {schema_id}: {exc}") from exc
-        except Exception as exc:
-            raise RegistryUnavailable(f"cannot reach the registry for schema id {schema_id}: {exc}") from exc
         if schema.schema_type not in (None, "AVRO"):
             return None
         return schema.schema_str

@@ -17,6 +17,7 @@ import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from pyflink.common import Row
@@ -174,6 +175,7 @@ class Ingest(ScalarFunction):
         default_threshold: float,
         limits: IngestLimits,
         suites: dict[str, str] | None = None,
+        registry_auth_file: str | None = None,
     ) -> None:
         # topic name → input name (telemetry, sensor-frames, maintenance-events)
         self.topics = topics
@@ -182,7 +184,13 @@ class Ingest(ScalarFunction):
         self.enriched_id = enriched_id
         self.dlq_schema = dlq_schema
         self.dlq_id = dlq_id
+        # No credentials in here: this object is pickled into the job graph. They are
+        # read from registry_auth_file in open(), on the TaskManager.
+        if "basic.auth.user.info" in registry_conf:
+            raise ValueError("Ingest: pass registry credentials as registry_auth_file, not in "
+                             "registry_conf (the UDF is pickled into the job)")
         self.registry_conf = registry_conf
+        self.registry_auth_file = registry_auth_file
         self.registry_retry = registry_retry
         self.unknown_id_cooldown_ms = unknown_id_cooldown_ms
         self.devices = devices
@@ -199,7 +207,13 @@ class Ingest(ScalarFunction):
         self.events = EventDecoder(self.limits.max_record_bytes, self.limits.max_json_depth)
         self.enriched_encoder = AvroEncoder(self.enriched_schema, self.enriched_id)
         self.dlq_encoder = AvroEncoder(self.dlq_schema, self.dlq_id)
-        self.writers = WriterSchemaCache(self.registry_conf, self.registry_retry)
+        conf = dict(self.registry_conf)
+        if self.registry_auth_file:
+            from sluice.config import read_secret_file
+
+            conf["basic.auth.user.info"] = read_secret_file(
+                Path(self.registry_auth_file), "registry.basic_auth_file")
+        self.writers = WriterSchemaCache(conf, self.registry_retry)
         self.checkers = {src: QualityChecker(text, list(QUALITY_COLUMNS[src]))
                          for src, text in self.suites.items()}
         # Ids the registry does not know, or whose schema cannot be resolved to the

@@ -52,6 +52,18 @@ from .render import (
     write_flink_conf_dir,
     write_flink_lib_dir,
 )
+from .security import (
+    KAFKA_ADMIN_USER,
+    KAFKA_CLIENT_USER,
+    SecureMaterial,
+    add_scram_argument,
+    ensure_material,
+    kafka_client_security,
+    material,
+    read_secret,
+    registry_users_properties,
+    write_secret,
+)
 
 Progress = Callable[[str], None]
 
@@ -102,11 +114,12 @@ def log_files(run_dir: Path, name: str) -> list[Path]:
     ]
 
 
-def _endpoint(name: str, ports: StackPorts) -> tuple[int | None, str | None]:
+def _endpoint(name: str, ports: StackPorts, secure: bool = False) -> tuple[int | None, str | None]:
     if name == "kafka":
         return ports.kafka, f"{LOOPBACK}:{ports.kafka}"
     if name == "registry":
-        return ports.registry, f"http://{LOOPBACK}:{ports.registry}{CCOMPAT_PATH}"
+        scheme = "https" if secure else "http"
+        return ports.registry, f"{scheme}://{LOOPBACK}:{ports.registry}{CCOMPAT_PATH}"
     if name == "flink-jobmanager":
         return ports.flink_rest, f"http://{LOOPBACK}:{ports.flink_rest}"
     return None, None
@@ -186,42 +199,52 @@ _QUIET.addHandler(logging.NullHandler())
 _QUIET.propagate = False
 
 
-def _http_get(url: str, timeout: float) -> Any:
+def _http_get(url: str, timeout: float, **kwargs: Any) -> Any:
     import requests
 
     with requests.Session() as s:
         s.trust_env = False  # never send loopback traffic through an HTTP(S)_PROXY
-        return s.get(url, timeout=timeout)
+        return s.get(url, timeout=timeout, **kwargs)
 
 
-def check_kafka(port: int, timeout: float = 5.0) -> tuple[bool, str]:
+def check_kafka(
+    port: int, timeout: float = 5.0, secure: SecureMaterial | None = None
+) -> tuple[bool, str]:
     if not procs.wait_for_port(port, timeout=min(timeout, 1.0)):
         return False, f"nothing listens on {LOOPBACK}:{port}"
-    from confluent_kafka import KafkaException
-    from confluent_kafka.admin import AdminClient
+    from sluice.auth import KafkaAuthError, check_kafka_login
 
     conf: dict[str, Any] = {
         "bootstrap.servers": f"{LOOPBACK}:{port}",
         "socket.timeout.ms": max(1000, int(timeout * 1000)),
         "logger": _QUIET,  # librdkafka's connection-refused chatter stays out of the CLI
+        **(kafka_client_security(secure) if secure else {}),
     }
-    admin = AdminClient(conf)
     try:
-        md = admin.list_topics(timeout=timeout)
-    except KafkaException as exc:
-        return False, f"metadata request failed: {exc.args[0] if exc.args else exc}"
+        md = check_kafka_login(conf, timeout)
+    except KafkaAuthError as exc:
+        return False, str(exc)
+    except TimeoutError as exc:
+        return False, f"metadata request failed: {exc}"
     user_topics = [t for t in md.topics if not t.startswith("__")]
     return bool(md.brokers), f"{len(md.brokers)} broker(s), {len(user_topics)} topic(s)"
 
 
-def check_registry(port: int, management_port: int, timeout: float = 3.0) -> tuple[bool, str]:
+def check_registry(
+    port: int, management_port: int, timeout: float = 3.0, secure: SecureMaterial | None = None
+) -> tuple[bool, str]:
     import requests
 
     try:
         ready = _http_get(f"http://{LOOPBACK}:{management_port}/health/ready", timeout)
         if ready.status_code != 200:
             return False, f"/health/ready answered {ready.status_code}"
-        subjects = _http_get(f"http://{LOOPBACK}:{port}{CCOMPAT_PATH}/subjects", timeout)
+        if secure is None:
+            subjects = _http_get(f"http://{LOOPBACK}:{port}{CCOMPAT_PATH}/subjects", timeout)
+        else:
+            user, _, password = read_secret(secure.registry_auth).partition(":")
+            subjects = _http_get(f"https://{LOOPBACK}:{port}{CCOMPAT_PATH}/subjects", timeout,
+                                 verify=str(secure.ca_pem), auth=(user, password))
         if subjects.status_code != 200:
             return False, f"{CCOMPAT_PATH}/subjects answered {subjects.status_code}"
         return True, f"{len(subjects.json())} subject(s)"
@@ -257,11 +280,16 @@ def check_flink(name: str, rest_port: int, timeout: float = 3.0) -> tuple[bool, 
     return tms >= 1 and total >= 1, detail
 
 
-def check_component(name: str, ports: StackPorts, timeout: float = 3.0) -> tuple[bool, str]:
-    if name == "kafka":
-        return check_kafka(ports.kafka, timeout)
-    if name == "registry":
-        return check_registry(ports.registry, ports.registry_management, timeout)
+def check_component(
+    name: str, ports: StackPorts, timeout: float = 3.0, secure: SecureMaterial | None = None
+) -> tuple[bool, str]:
+    try:
+        if name == "kafka":
+            return check_kafka(ports.kafka, timeout, secure)
+        if name == "registry":
+            return check_registry(ports.registry, ports.registry_management, timeout, secure)
+    except OSError as exc:  # secured mode: a secret file went missing
+        return False, f"cannot read the secured mode's secrets: {exc}"
     return check_flink(name, ports.flink_rest, timeout)
 
 
@@ -303,7 +331,10 @@ def _kafka_cluster_id(kdir: Path) -> str:
     return cid
 
 
-def _kafka_spec(run_dir: Path, ports: StackPorts, deps_dir: Path, say: Progress) -> _Spec:
+def _kafka_spec(
+    run_dir: Path, ports: StackPorts, deps_dir: Path, say: Progress,
+    secure: SecureMaterial | None = None,
+) -> _Spec:
     jars = deps_dir / "kafka"
     if not any(jars.glob("kafka_2.13-*.jar")):
         raise StackError(f"Kafka jars not found in {jars} (run `make deps`)", component="kafka")
@@ -313,8 +344,20 @@ def _kafka_spec(run_dir: Path, ports: StackPorts, deps_dir: Path, say: Progress)
     for d in (kdir, data, tmp):
         d.mkdir(parents=True, exist_ok=True)
     props, log4j, log = kdir / "server.properties", kdir / "log4j2.properties", kdir / "kafka.log"
-    _atomic_write(props, kafka_server_properties(ports, data))
+    if secure is not None:  # holds the broker's SCRAM and keystore passwords
+        write_secret(props, kafka_server_properties(ports, data, secure=secure))
+    else:
+        _atomic_write(props, kafka_server_properties(ports, data))
     _atomic_write(log4j, kafka_log4j2_properties(log))
+    scram_marker = kdir / "scram-users"
+    formatted = (data / "meta.properties").exists()
+    if secure is not None and formatted and not scram_marker.exists():
+        raise StackError(
+            f"the broker storage in {data} was formatted without SCRAM users (a plain "
+            "`sluice stack up` used this run dir); secured mode needs its own run dir, or "
+            f"delete {data} to start empty",
+            component="kafka",
+        )
     jvm = [
         str(jdk.java),
         "-Xmx512m",
@@ -329,9 +372,15 @@ def _kafka_spec(run_dir: Path, ports: StackPorts, deps_dir: Path, say: Progress)
     ]
     env = _base_env(run_dir)
     extra: dict[str, Any] = {"java": str(jdk.home)}
-    if not (data / "meta.properties").exists():
+    if not formatted:
         cid = _kafka_cluster_id(kdir)
         say(f"kafka: formatting storage (cluster id {cid})")
+        scram: list[str] = []
+        if secure is not None:
+            # Salted credentials only: no password on this command line.
+            for user, pw_file in ((KAFKA_ADMIN_USER, secure.kafka_admin_password),
+                                  (KAFKA_CLIENT_USER, secure.kafka_client_password)):
+                scram += ["--add-scram", add_scram_argument(user, read_secret(pw_file))]
         t0 = time.monotonic()
         with open(kdir / "format.log", "w") as out:
             res = subprocess.run(
@@ -344,6 +393,7 @@ def _kafka_spec(run_dir: Path, ports: StackPorts, deps_dir: Path, say: Progress)
                     cid,
                     "-c",
                     str(props),
+                    *scram,
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -360,6 +410,8 @@ def _kafka_spec(run_dir: Path, ports: StackPorts, deps_dir: Path, say: Progress)
                 [kdir / "format.log", log],
             )
         extra["format_seconds"] = round(time.monotonic() - t0, 2)
+        if secure is not None:
+            scram_marker.write_text(f"{KAFKA_ADMIN_USER}\n{KAFKA_CLIENT_USER}\n")
     _rotate(log)
     _rotate(kdir / "kafka.out")
     return _Spec(
@@ -373,7 +425,9 @@ def _kafka_spec(run_dir: Path, ports: StackPorts, deps_dir: Path, say: Progress)
     )
 
 
-def _registry_spec(run_dir: Path, ports: StackPorts, deps_dir: Path) -> _Spec:
+def _registry_spec(
+    run_dir: Path, ports: StackPorts, deps_dir: Path, secure: SecureMaterial | None = None
+) -> _Spec:
     app = deps_dir / "apicurio" / "quarkus-run.jar"
     if not app.exists():
         raise StackError(
@@ -385,6 +439,14 @@ def _registry_spec(run_dir: Path, ports: StackPorts, deps_dir: Path) -> _Spec:
     for d in (rdir, data, tmp):
         d.mkdir(parents=True, exist_ok=True)
     db_url = f"jdbc:h2:file:{data / 'registry'}"
+    # Quarkus reads <working dir>/config/application.properties: the secured mode's users
+    # (as digests) and TLS settings go there (0600), never onto the command line.
+    quarkus_file = rdir / "config" / "application.properties"
+    if secure is not None:
+        write_secret(quarkus_file, registry_users_properties(secure, ports.registry))
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            quarkus_file.unlink()
     props = {
         "quarkus.http.host": LOOPBACK,
         "quarkus.http.port": ports.registry,
@@ -539,11 +601,12 @@ def status(run_dir: Path, *, timeout: float = 3.0) -> StackStatus:
     run_dir = Path(run_dir).resolve()
     state = load_state(run_dir)
     ports = StackPorts.from_dict(state.get("ports"))
-    result = StackStatus(run_dir=run_dir, ports=ports)
+    secure = material(run_dir) if state.get("secure") else None
+    result = StackStatus(run_dir=run_dir, ports=ports, secrets=secure)
     for name in COMPONENTS:
         rec = state["components"].get(name)
         cports = StackPorts.from_dict({**ports.to_dict(), **(rec or {}).get("ports", {})})
-        port, endpoint = _endpoint(name, cports)
+        port, endpoint = _endpoint(name, cports, secure is not None)
         cs = ComponentStatus(
             name=name, port=port, endpoint=endpoint, log_file=log_files(run_dir, name)[0]
         )
@@ -553,7 +616,7 @@ def status(run_dir: Path, *, timeout: float = 3.0) -> StackStatus:
             cs.startup_seconds = rec.get("startup_seconds")
             cs.running = _owned(rec)
             if cs.running:
-                cs.healthy, cs.detail = check_component(name, cports, timeout)
+                cs.healthy, cs.detail = check_component(name, cports, timeout, secure)
             else:
                 cs.detail = f"recorded pid {cs.pid} is not running (stale record)"
         else:
@@ -574,8 +637,14 @@ def up(
     timeouts: Mapping[str, float] | None = None,
     python: Path | None = None,
     flink_conf_template: Path = FLINK_CONF_TEMPLATE,
+    secure: bool = False,
 ) -> StackStatus:
     """Start (or reuse) Kafka + registry (+ Flink when ``flink``) and wait until healthy.
+
+    ``secure``: the broker listens with SASL_SSL (SCRAM-SHA-512 over TLS) and the registry
+    with HTTPS + basic auth; certificates and passwords are generated into
+    ``<run_dir>/secrets`` (see :mod:`sluice.stack.security`). ``StackStatus.client_env()``
+    gives the environment that points sluice's clients at it.
 
     Raises StackError - naming the component, its log file and the log's last lines - if a
     port is taken by a foreign process, or something does not become healthy in time; in
@@ -590,6 +659,25 @@ def up(
     with _locked(run_dir):
         state = load_state(run_dir)
         comps: dict[str, Any] = state["components"]
+        running = [n for n in ("kafka", "registry") if n in comps and _owned(comps[n])]
+        if running and bool(state.get("secure")) != secure:
+            mode = "secured" if state.get("secure") else "plain"
+            raise StackError(
+                f"{', '.join(running)} already run(s) in {mode} mode in {run_dir}; run "
+                "`sluice stack down` first to switch modes (or use another run dir)",
+                component=running[0],
+            )
+        if secure and not material(run_dir).complete() and (
+            run_dir / "kafka" / "data" / "meta.properties"
+        ).exists():
+            raise StackError(
+                f"the broker storage in {run_dir / 'kafka' / 'data'} already exists but "
+                f"{material(run_dir).dir} is missing or incomplete: new passwords would not "
+                "match the SCRAM users stored in it. Restore the secrets, or delete the data "
+                "folder to start empty (or use another run dir)",
+                component="kafka",
+            )
+        sec = ensure_material(run_dir) if secure else None
 
         # 1. What is already up (and ours)?
         to_start: list[str] = []
@@ -623,9 +711,9 @@ def up(
             specs: list[_Spec] = []
             for name in to_start:
                 if name == "kafka":
-                    specs.append(_kafka_spec(run_dir, ports, deps_dir, say))
+                    specs.append(_kafka_spec(run_dir, ports, deps_dir, say, sec))
                 elif name == "registry":
-                    specs.append(_registry_spec(run_dir, ports, deps_dir))
+                    specs.append(_registry_spec(run_dir, ports, deps_dir, sec))
             fl = [n for n in to_start if n in FLINK_COMPONENTS]
             if fl:
                 specs += _flink_specs(
@@ -641,6 +729,7 @@ def up(
                     spec.cmd, log_file=spec.log_file, cwd=spec.cwd, env=spec.env
                 )
                 launched.append((spec.name, time.monotonic()))
+                state["secure"] = secure
                 comps[spec.name] = {
                     "pid": pid,
                     "pgid": pgid,
@@ -656,17 +745,19 @@ def up(
 
             # 4. Reused components must be healthy too.
             for name in reused:
-                ok, detail = check_component(name, ports)
+                ok, detail = check_component(name, ports, secure=sec)
                 if not ok:
                     say(f"{name}: running (pid {comps[name]['pid']}) but not healthy yet; waiting")
                     _wait_healthy(
-                        run_dir, name, comps[name], ports, time.monotonic(), limits[name], say
+                        run_dir, name, comps[name], ports, time.monotonic(), limits[name], say,
+                        sec,
                     )
                 say(f"{name}: already running (pid {comps[name]['pid']}), reused")
 
             # 5. Wait for the new ones.
             for name, t0 in launched:
-                took = _wait_healthy(run_dir, name, comps[name], ports, t0, limits[name], say)
+                took = _wait_healthy(run_dir, name, comps[name], ports, t0, limits[name], say,
+                                     sec)
                 comps[name]["startup_seconds"] = round(took, 2)
                 say(f"{name}: healthy after {took:.1f} s")
             state["ports"] = ports.to_dict()
@@ -754,6 +845,7 @@ def _wait_healthy(
     t0: float,
     limit: float,
     say: Progress,
+    secure: SecureMaterial | None = None,
 ) -> float:
     deadline = t0 + limit
     detail = "not checked yet"
@@ -763,7 +855,7 @@ def _wait_healthy(
             raise _failure(
                 name, f"exited during startup (pid {rec['pid']})", log_files(run_dir, name)
             )
-        ok, detail = check_component(name, ports, timeout=2.0)
+        ok, detail = check_component(name, ports, timeout=2.0, secure=secure)
         if ok:
             return time.monotonic() - t0
         if time.monotonic() >= deadline:

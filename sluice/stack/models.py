@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .security import SecureMaterial
 
 #: Start order. `down` stops in the reverse order.
 COMPONENTS: tuple[str, ...] = ("kafka", "registry", "flink-jobmanager", "flink-taskmanager")
@@ -89,6 +92,12 @@ class StackStatus:
     ports: StackPorts
     components: dict[str, ComponentStatus] = field(default_factory=dict)
     flink_conf_dir: Path | None = None
+    #: Secured mode (``up(..., secure=True)``): where the CA and the secret files are.
+    secrets: SecureMaterial | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.secrets is not None
 
     # -- conveniences ---------------------------------------------------------------------
     @property
@@ -98,11 +107,32 @@ class StackStatus:
     @property
     def registry_url(self) -> str:
         """Base URL of the Confluent-compatible API (what Confluent clients call `url`)."""
-        return f"http://{LOOPBACK}:{self.ports.registry}{CCOMPAT_PATH}"
+        return f"{self.registry_root_url}{CCOMPAT_PATH}"
 
     @property
     def registry_root_url(self) -> str:
-        return f"http://{LOOPBACK}:{self.ports.registry}"
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{LOOPBACK}:{self.ports.registry}"
+
+    def client_env(self) -> dict[str, str]:
+        """Environment that points sluice (CLI, jobs, tests) at this stack. In secured
+        mode only paths of secret files, never a secret (docs/security.md)."""
+        env = {"BOOTSTRAP_SERVERS": self.bootstrap_servers, "SCHEMA_REGISTRY_URL": self.registry_url}
+        if self.secrets is None:
+            return env
+        from .security import KAFKA_CLIENT_USER, SCRAM_MECHANISM
+
+        m = self.secrets
+        env.update({
+            "SLUICE__KAFKA__SASL_USERNAME": KAFKA_CLIENT_USER,
+            "SLUICE__KAFKA__PROPERTIES":
+                f"{{security.protocol: SASL_SSL, sasl.mechanism: {SCRAM_MECHANISM}}}",
+            "SLUICE__KAFKA__SSL_CA_FILE": str(m.ca_pem),
+            "SLUICE_KAFKA_SASL_PASSWORD_FILE": str(m.kafka_client_password),
+            "SLUICE__REGISTRY__SSL_CA_FILE": str(m.ca_pem),
+            "SLUICE_REGISTRY_BASIC_AUTH_FILE": str(m.registry_auth),
+        })
+        return env
 
     @property
     def flink_rest_url(self) -> str:
@@ -133,5 +163,7 @@ class StackStatus:
             "registry_url": self.registry_url,
             "flink_rest_url": self.flink_rest_url,
             "flink_conf_dir": str(self.flink_conf_dir) if self.flink_conf_dir else None,
+            "secure": self.secure,
+            "secrets_dir": str(self.secrets.dir) if self.secrets else None,
             "components": {n: c.to_dict() for n, c in self.components.items()},
         }

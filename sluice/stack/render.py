@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from .models import StackError, StackPorts
+from .security import SecureMaterial
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -64,9 +65,16 @@ def parse_properties(text: str) -> dict[str, str]:
 # Kafka
 # ---------------------------------------------------------------------------------------
 def kafka_server_properties(
-    ports: StackPorts, data_dir: Path, template: Path = KAFKA_SERVER_TEMPLATE
+    ports: StackPorts,
+    data_dir: Path,
+    template: Path = KAFKA_SERVER_TEMPLATE,
+    *,
+    secure: SecureMaterial | None = None,
 ) -> str:
-    return render_template(
+    """The broker's server.properties; with ``secure`` the client listener is SASL_SSL
+    (SCRAM-SHA-512 over TLS) and the file holds the broker's own SCRAM password and its
+    keystore password: write it with mode 0600."""
+    text = render_template(
         template.read_text(),
         {
             "kafka_port": ports.kafka,
@@ -75,6 +83,60 @@ def kafka_server_properties(
         },
         source=str(template),
     )
+    if secure is None:
+        return text
+    return override_properties(text, kafka_secure_overrides(ports, secure))
+
+
+def kafka_secure_overrides(ports: StackPorts, m: SecureMaterial) -> dict[str, str]:
+    """Secured mode: clients and the broker's own inter-broker traffic (transaction
+    markers go from the broker to itself) use the SASL_SSL listener with SCRAM-SHA-512.
+    The KRaft controller listener stays PLAINTEXT on 127.0.0.1: KRaft cannot
+    authenticate controllers with SCRAM (the SCRAM credentials live in the metadata
+    log the controller serves), and it speaks only the controller protocol."""
+    from .security import KAFKA_ADMIN_USER, SCRAM_MECHANISM, read_secret
+
+    admin_pw = read_secret(m.kafka_admin_password)
+    mech = SCRAM_MECHANISM.lower()
+    return {
+        "listeners": f"SASL_SSL://127.0.0.1:{ports.kafka},CONTROLLER://127.0.0.1:{ports.kafka_controller}",
+        "advertised.listeners": f"SASL_SSL://127.0.0.1:{ports.kafka}",
+        "listener.security.protocol.map": "SASL_SSL:SASL_SSL,CONTROLLER:PLAINTEXT",
+        "inter.broker.listener.name": "SASL_SSL",
+        "sasl.enabled.mechanisms": SCRAM_MECHANISM,
+        "sasl.mechanism.inter.broker.protocol": SCRAM_MECHANISM,
+        f"listener.name.sasl_ssl.{mech}.sasl.jaas.config": (
+            "org.apache.kafka.common.security.scram.ScramLoginModule required "
+            f'username="{KAFKA_ADMIN_USER}" password="{admin_pw}";'
+        ),
+        "ssl.keystore.type": "PKCS12",
+        "ssl.keystore.location": str(m.keystore),
+        "ssl.keystore.password": read_secret(m.keystore_password),
+        "ssl.client.auth": "none",
+        # The broker's own client (inter-broker) verifies the certificate and its name.
+        "ssl.truststore.type": "PEM",
+        "ssl.truststore.location": str(m.ca_pem),
+        "ssl.endpoint.identification.algorithm": "https",
+        # Fail a bad login fast instead of letting clients retry against a delay.
+        "connection.failed.authentication.delay.ms": "100",
+    }
+
+
+def override_properties(text: str, overrides: Mapping[str, str]) -> str:
+    """Replace the value of each key of ``overrides`` in a properties text (in place),
+    append the keys it did not have."""
+    out, seen = [], set()
+    for line in text.splitlines():
+        key = line.partition("=")[0].strip()
+        if not line.lstrip().startswith(("#", "!")) and "=" in line and key in overrides:
+            out.append(f"{key}={overrides[key]}")
+            seen.add(key)
+        else:
+            out.append(line)
+    rest = [f"{k}={v}" for k, v in overrides.items() if k not in seen]
+    if rest:
+        out += ["", "# secured mode (sluice stack up --secure)", *rest]
+    return "\n".join(out) + "\n"
 
 
 def kafka_log4j2_properties(log_file: Path, template: Path = KAFKA_LOG4J_TEMPLATE) -> str:

@@ -166,7 +166,7 @@ def test_sasl_password_from_env_is_secret() -> None:
 
 def test_sasl_password_from_file_is_secret(tmp_path: Path) -> None:
     secret_file = tmp_path / "kafka.pw"
-    secret_file.write_text(SECRET + "\n")
+    secret_file.write_text(SECRET)
     cfg = load_config(
         REPO / "sluice.yaml",
         env={"SLUICE_KAFKA_SASL_PASSWORD_FILE": str(secret_file),
@@ -174,21 +174,24 @@ def test_sasl_password_from_file_is_secret(tmp_path: Path) -> None:
              "SLUICE__KAFKA__PROPERTIES": "{sasl.mechanism: SCRAM-SHA-256}"},
     )
     assert cfg.kafka.sasl_password is not None
-    assert cfg.kafka.sasl_password.get_secret_value() == SECRET  # newline stripped
+    assert cfg.kafka.sasl_password.get_secret_value() == SECRET
+    assert cfg.kafka.sasl_password_file == secret_file
     _assert_hidden(cfg)
+    # The Flink job's properties name the file, never the password (docs/security.md).
     jaas = cfg.kafka.java_properties()["sasl.jaas.config"]
-    assert "ScramLoginModule" in jaas
-    assert f'password="{SECRET}"' in jaas
+    assert "org.apache.flink.kafka.shaded.org.apache.kafka.common.security.scram.ScramLoginModule" in jaas
+    assert f'password="${{sluicedir:{tmp_path}:kafka.pw}}"' in jaas
     assert 'username="svc-sluice"' in jaas
+    assert SECRET not in str(cfg.kafka.java_properties())
 
 
-def test_direct_secret_env_wins_over_file(tmp_path: Path) -> None:
+def test_secret_env_and_file_together_are_refused(tmp_path: Path) -> None:
     secret_file = tmp_path / "kafka.pw"
     secret_file.write_text("from-file")
-    cfg = load_config(REPO / "sluice.yaml", env={"SLUICE_KAFKA_SASL_PASSWORD": SECRET,
-                                                 "SLUICE_KAFKA_SASL_PASSWORD_FILE": str(secret_file)})
-    assert cfg.kafka.sasl_password is not None
-    assert cfg.kafka.sasl_password.get_secret_value() == SECRET
+    with pytest.raises(ConfigError, match="SLUICE_KAFKA_SASL_PASSWORD_FILE, not both") as ei:
+        load_config(REPO / "sluice.yaml", env={"SLUICE_KAFKA_SASL_PASSWORD": SECRET,
+                                               "SLUICE_KAFKA_SASL_PASSWORD_FILE": str(secret_file)})
+    assert SECRET not in str(ei.value)
 
 
 def test_registry_basic_auth_is_secret() -> None:
