@@ -39,6 +39,7 @@ from sluice.generator import (
     plan,
     produce,
     produce_encoded,
+    with_sequence_numbers,
 )
 from sluice.kafka_util import ensure_topics
 from sluice.stack import StackPorts, status, up
@@ -91,6 +92,9 @@ def test_registry_down_30s_with_new_writer_ids(stack: SluiceConfig, flink_cluste
              start_ms=a[-1].ts + STEP_MS, step_ms=STEP_MS)
     c = plan(cfg.with_overrides(generator={"seed": 44}),
              start_ms=b[-1].ts + STEP_MS, step_ms=STEP_MS)
+    # Three plans, one stream: each device's sequence numbers run on across the slices.
+    numbered = with_sequence_numbers(a + b + c)
+    a, b, c = numbered[:len(a)], numbered[len(a):len(a) + len(b)], numbered[len(a) + len(b):]
     b_wire = encode_items(cfg, b)  # registers v2/v3: their ids exist, the job has not seen them
     gen_a = produce(cfg, a)
 

@@ -384,3 +384,16 @@ def test_compatibility_checker_negative_controls() -> None:
     fewer = json.loads(json.dumps(v1))
     fewer["fields"][5]["type"]["symbols"] = ["OK", "WARN"]
     assert _compat(json.dumps(fewer), json.dumps(v1)) is SchemaCompatibilityType.incompatible
+
+
+def test_every_planned_record_has_its_devices_next_sequence_number() -> None:
+    from collections import defaultdict
+
+    items = plan(gen_cfg(seed=3, corrupt_each_rare_kind=2), start_ms=0, step_ms=1)
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for item in items:
+        seqs[item.device_id].append(item.seq)
+    assert seqs and all(s == list(range(len(s))) for s in seqs.values())
+    # A resend goes under the key (the device) of the reading it repeats.
+    dups = [i for i in items if isinstance(i, Corrupt) and i.kind == "duplicate-event-id"]
+    assert dups and all(d.of is not None and d.device_id == d.of.device_id for d in dups)
