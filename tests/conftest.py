@@ -22,6 +22,13 @@ from sluice.config import REPO_ROOT, SluiceConfig, dump_config, load_config
 RUN_DIR = REPO_ROOT / ".run"
 
 
+def stack_ports():  # type: ignore[no-untyped-def]
+    """The local stack's ports (SLUICE_STACK_PORT_OFFSET shifts them)."""
+    from sluice.stack import StackPorts
+
+    return StackPorts.from_env()
+
+
 def _external_stack() -> bool:
     return bool(os.environ.get("BOOTSTRAP_SERVERS") and os.environ.get("SCHEMA_REGISTRY_URL"))
 
@@ -37,10 +44,10 @@ def stack(base_config: SluiceConfig) -> Iterator[SluiceConfig]:
     if _external_stack():
         yield base_config
         return
-    from sluice.stack import StackPorts, down, status, up
+    from sluice.stack import down, status, up
 
     already = status(RUN_DIR).healthy
-    st = up(RUN_DIR, StackPorts(), flink=False)
+    st = up(RUN_DIR, stack_ports(), flink=False)
     cfg = base_config.with_overrides(
         kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url}
     )
@@ -53,14 +60,14 @@ def stack(base_config: SluiceConfig) -> Iterator[SluiceConfig]:
 def flink_cluster(stack: SluiceConfig) -> Path:
     """A local standalone Flink cluster; its FLINK_CONF_DIR. Stopped with the stack.
     With an external stack, FLINK_CONF_DIR names the cluster to submit to."""
-    from sluice.stack import StackPorts, up
+    from sluice.stack import up
 
     if _external_stack():
         if not os.environ.get("FLINK_CONF_DIR"):
             pytest.skip("external stack without FLINK_CONF_DIR: no Flink cluster to submit to")
         return Path(os.environ["FLINK_CONF_DIR"])
 
-    st = up(RUN_DIR, StackPorts(), flink=True)
+    st = up(RUN_DIR, stack_ports(), flink=True)
     assert st.flink_conf_dir is not None
     return Path(st.flink_conf_dir)
 

@@ -316,7 +316,7 @@ def restore_taskmanager(run_dir: Path, rest: FlinkRest, old_ids: set[str],
     from sluice.stack import StackPorts, up
 
     t0 = time.monotonic()
-    up(run_dir, StackPorts(), flink=True)
+    up(run_dir, StackPorts.from_env(), flink=True)
     rest.wait(lambda: bool(taskmanager_ids(rest) - old_ids), timeout,
               lambda: "no new TaskManager registered with the JobManager")
     return time.monotonic() - t0

@@ -650,7 +650,7 @@ def up(
     port is taken by a foreign process, or something does not become healthy in time; in
     that case everything this call started is stopped again."""
     run_dir = Path(run_dir).resolve()
-    ports = ports or StackPorts()
+    ports = ports or StackPorts.from_env()
     say: Progress = progress or (lambda _msg: None)
     limits = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
     wanted = ["kafka", "registry", *(FLINK_COMPONENTS if flink else ())]

@@ -57,6 +57,22 @@ class StackPorts:
         return asdict(self)
 
     @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> StackPorts:
+        """The default ports shifted by ``SLUICE_STACK_PORT_OFFSET`` (default 0), so a
+        second stack (a clean clone's `make test` next to a developer's running stack)
+        can live on the same machine: e.g. 1000 moves Kafka to 20092."""
+        import os
+
+        raw = (env if env is not None else os.environ).get("SLUICE_STACK_PORT_OFFSET", "0")
+        try:
+            offset = int(raw)
+        except ValueError:
+            raise StackError(f"SLUICE_STACK_PORT_OFFSET must be an integer, not {raw!r}") from None
+        if not 0 <= offset <= 40000:
+            raise StackError(f"SLUICE_STACK_PORT_OFFSET must be between 0 and 40000, not {offset}")
+        return cls(**{k: v + offset for k, v in asdict(cls()).items()})
+
+    @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> StackPorts:
         known = {f.name for f in fields(cls)}
         return cls(**{k: int(v) for k, v in (data or {}).items() if k in known})

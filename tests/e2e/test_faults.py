@@ -182,7 +182,7 @@ def test_f5_broker_hard_restart(
         t_kill = time.monotonic()
         rest.wait(lambda: not Path(f"/proc/{pid}").exists(), 30, lambda: "broker still alive")
         s.mark("broker killed")
-        up(RUN_DIR, StackPorts(), flink=False)
+        up(RUN_DIR, StackPorts.from_env(), flink=False)
         down_seconds = round(time.monotonic() - t_kill, 1)
         s.mark("broker back")
         rest.wait(lambda: rest.fully_running(jid) and

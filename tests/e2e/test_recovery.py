@@ -114,7 +114,7 @@ def run_with_taskmanager_kill(
             from sluice.stack import StackPorts, up
 
             with contextlib.suppress(Exception):
-                up(RUN_DIR, StackPorts(), flink=True)
+                up(RUN_DIR, StackPorts.from_env(), flink=True)
     s.mark("done")
     return Outcome(
         cfg=cfg, gen=gen, jid=jid, kill=kill, restarts=restarts, restored_checkpoint=restored,

@@ -117,7 +117,7 @@ def test_registry_down_30s_with_new_writer_ids(stack: SluiceConfig, flink_cluste
                       lambda: f"B not out during the outage ({watch.inputs_out()})")
             b_out_s = time.monotonic() - t_down
             time.sleep(max(0.0, OUTAGE_S - (time.monotonic() - t_down)))
-            up(RUN_DIR, StackPorts(), flink=False)
+            up(RUN_DIR, StackPorts.from_env(), flink=False)
             registry_down = False
             outage_s = time.monotonic() - t_down
             time.sleep(cfg.registry.unknown_id_cooldown_ms / 1000 + 1)
@@ -130,7 +130,7 @@ def test_registry_down_30s_with_new_writer_ids(stack: SluiceConfig, flink_cluste
     finally:
         if registry_down:
             with contextlib.suppress(Exception):
-                up(RUN_DIR, StackPorts(), flink=False)
+                up(RUN_DIR, StackPorts.from_env(), flink=False)
         rest.cancel(jid)
         rest.close()
 

@@ -444,3 +444,16 @@ def test_find_jdk_prefers_explicit_home(tmp_path: Path, monkeypatch: pytest.Monk
     assert jdk.home == home and jdk.version == 21
     with pytest.raises(StackError, match="needs Java 99"):
         find_jdk(99, env_var="SLUICE_TEST_JAVA_HOME", purpose="registry")
+
+
+def test_port_offset_from_the_environment_moves_every_port() -> None:
+    from sluice.stack import StackPorts
+    from sluice.stack.models import StackError
+
+    base, moved = StackPorts.from_env({}), StackPorts.from_env({"SLUICE_STACK_PORT_OFFSET": "1000"})
+    assert base == StackPorts()
+    assert moved.kafka == 20092 and moved.registry == base.registry + 1000
+    assert all(moved.to_dict()[k] == v + 1000 for k, v in base.to_dict().items())
+    for bad in ("x", "-1", "50000"):
+        with pytest.raises(StackError, match="SLUICE_STACK_PORT_OFFSET"):
+            StackPorts.from_env({"SLUICE_STACK_PORT_OFFSET": bad})
