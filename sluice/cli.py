@@ -418,6 +418,63 @@ def features_check(
 
 @app.command()
 @_fail_fast
+def actions(
+    config: ConfigOpt = None,
+    until_idle: Annotated[float | None, typer.Option(
+        "--until-idle", metavar="SECONDS",
+        help="stop when no alert arrived for this long (tests, batch runs); "
+        "default: run until SIGTERM")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON only")] = False,
+    log: Annotated[bool, typer.Option("--log", help="one line per delivery, retry and dead letter")] = False,
+) -> None:
+    """Turn alerts into webhook calls, effectively once (docs/actions.md).
+
+    Consumes topics.alerts read_committed and POSTs each alert to every configured
+    webhook with Idempotency-Key: <alert_id>; retries with backoff; dead-letters what
+    cannot be delivered to topics.action_dlq. SIGTERM finishes the call in flight,
+    commits what is done and exits 0."""
+    from sluice.actions import ActionsError, ActionService
+
+    cfg = _config(config)
+    _preflight(cfg)
+    quiet = as_json and not log
+    live = None
+    if not quiet and console.is_terminal and not log:
+        live = console.status("waiting for alerts")
+        live.start()
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        if log:
+            detail = " ".join(f"{k}={v}" for k, v in data.items())
+            console.print(f"{kind:<14} {escape(detail)}", highlight=False, soft_wrap=True)
+        if live is not None:
+            s = service.summary
+            live.update(f"alerts {s.alerts} · delivered {s.delivered} · dead-lettered "
+                        f"{s.dead_lettered} · retries {s.retries} · already {s.already_delivered}")
+
+    try:
+        service = ActionService(cfg, on_event=on_event)
+        service.install_signal_handlers()
+        summary = service.run(until_idle=until_idle)
+    except ActionsError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        if live is not None:
+            live.stop()
+    if as_json:
+        print(json.dumps(summary.as_dict()), flush=True)
+        return
+    t = Table(title=f"sluice actions ({cfg.actions.consumer_group})")
+    t.add_column("what")
+    t.add_column("count", justify="right")
+    for k, v in summary.as_dict().items():
+        t.add_row(k, escape(str(v)))
+    console.print(t)
+
+
+@app.command()
+@_fail_fast
 def demo(
     config: ConfigOpt = None,
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,

@@ -216,6 +216,8 @@ class TopicsConfig(_Section):
     drift: str = "drift"
     retrain_triggers: str = "retrain-triggers"
     model_updates: str = "model-updates"
+    # `sluice actions`: actions that could not be delivered (ActionDeadLetter Avro).
+    action_dlq: str = "action-dlq"
     partitions: int = Field(default=2, ge=1)
     replication_factor: int = Field(default=1, ge=1)
 
@@ -227,7 +229,7 @@ class TopicsConfig(_Section):
         return [
             *self.inputs(), self.enriched, self.scores, self.alerts, self.dlq, self.quality,
             self.dlq_replays, self.devices, self.features, self.drift, self.retrain_triggers,
-            self.model_updates,
+            self.model_updates, self.action_dlq,
         ]
 
 
@@ -363,6 +365,84 @@ class GeneratorConfig(_Section):
     maintenance_share: float = Field(default=0.02, ge=0)
 
 
+#: Header names that carry credentials: their values come from headers_from_env or
+#: headers_from_file, never from the YAML.
+_SECRET_HEADER_WORDS = ("authorization", "token", "secret", "password", "cookie", "api-key",
+                        "apikey", "signature")
+
+
+class WebhookConfig(_Section):
+    """One HTTP endpoint every alert is POSTed to (JSON body, ``Idempotency-Key``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9._-]+$", min_length=1, max_length=64)
+    url: str = Field(pattern=r"^https?://\S+$")
+    # Plain headers (no credentials: refused by name).
+    headers: dict[str, str] = Field(default_factory=dict)
+    # Header name -> environment variable holding its value (e.g. Authorization ->
+    # OPS_WEBHOOK_AUTH); read when the service starts, a missing one stops it.
+    headers_from_env: dict[str, str] = Field(default_factory=dict)
+    # Header name -> file holding its value (stripped); relative to the config's folder.
+    headers_from_file: dict[str, Path] = Field(default_factory=dict)
+
+    @field_validator("headers")
+    @classmethod
+    def _no_secret_headers(cls, v: dict[str, str]) -> dict[str, str]:
+        for key in v:
+            if any(word in key.lower() for word in _SECRET_HEADER_WORDS):
+                raise ValueError(
+                    f"header {key}: credentials must not be in the config file; use "
+                    f"headers_from_env ({{{key}: ENV_VAR}}) or headers_from_file "
+                    "(docs/actions.md)"
+                )
+            if key.lower() == "idempotency-key":
+                raise ValueError("Idempotency-Key is set by the service (the alert id)")
+        return v
+
+
+class RetryPolicyConfig(_Section):
+    # Attempts per webhook and alert, the first one included.
+    max_attempts: int = Field(default=5, ge=1)
+    # Delay before attempt n+1: min(cap, base * 2**(n-1)), minus up to `jitter` of it
+    # at random (0: none; 1: "full jitter"). A Retry-After header (seconds) is honoured
+    # up to the cap.
+    backoff_base_ms: int = Field(default=200, ge=0)
+    backoff_cap_ms: int = Field(default=10_000, ge=0)
+    jitter: float = Field(default=0.5, ge=0, le=1)
+
+
+class ActionsConfig(_Section):
+    """`sluice actions`: alerts -> webhook calls, effectively once (docs/actions.md)."""
+
+    webhooks: list[WebhookConfig] = Field(default_factory=list)
+    # Connect and read timeout of one HTTP request, seconds.
+    timeout_s: float = Field(default=5.0, gt=0)
+    retry: RetryPolicyConfig = RetryPolicyConfig()
+    # Consumer group on topics.alerts; the transactional.id is
+    # `<consumer_group>-<instance_id>` (Kafka KIP-447 fencing by group generation).
+    consumer_group: str = Field(default="sluice-actions", min_length=1)
+    # This instance's static group membership id (Kafka group.instance.id) and the
+    # suffix of its transactional.id. Default: the host name. A restart with the same id
+    # takes its partitions back at once (no wait for the dead member's session to
+    # expire) and fences its predecessor; instances on other hosts share the alerts.
+    instance_id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]+$")
+    # A member that stops heart-beating loses its partitions after this long.
+    session_timeout_ms: int = Field(default=15_000, ge=6_000)
+    # Where a group without committed offsets starts.
+    start_from: Literal["earliest", "latest"] = "earliest"
+    # SQLite file recording every (alert, webhook) delivered; relative to the config's
+    # folder. Local to the host: see docs/actions.md for what it does and does not cover.
+    state_db: Path = Path(".run/actions/state.sqlite")
+
+    @field_validator("webhooks")
+    @classmethod
+    def _unique_names(cls, v: list[WebhookConfig]) -> list[WebhookConfig]:
+        names = [w.name for w in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"webhook names must be unique: {', '.join(dup)} repeated")
+        return v
+
+
 class StackConfig(_Section):
     run_dir: Path = Path(".run")
     kafka_port: int = 19092
@@ -389,6 +469,7 @@ class SluiceConfig(BaseModel):
     score: ScoreConfig = ScoreConfig()
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()
+    actions: ActionsConfig = ActionsConfig()
     stack: StackConfig = StackConfig()
     # Relative paths in the file are resolved against this folder.
     base_dir: Path = REPO_ROOT
