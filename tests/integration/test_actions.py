@@ -316,3 +316,33 @@ def test_control_without_state_the_receiver_absorbs_repeats(stack: SluiceConfig,
               f"absorbed {repeats} repeats")
     finally:
         server.shutdown()
+
+
+def test_sigterm_finishes_the_call_commits_and_exits_0(stack: SluiceConfig, tmp_path: Path) -> None:
+    """SIGTERM mid-run: exit 0 within seconds, summary says so; the restart then
+    completes the rest with no repeat caused by the stop."""
+    rec, server = start_receiver()
+    try:
+        cfg = actions_config(stack, server.server_address[1], tmp_path, "actions-term")
+        cfg_path = write_config(cfg, tmp_path)
+        values = produce_alerts(cfg)
+        proc = service(cfg_path)
+        deadline = time.monotonic() + 90
+        while len(rec.keys("/ops")) < 8 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.01)
+        t = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+        stopped_in = time.monotonic() - t
+        assert proc.returncode == 0, out[-4000:]
+        first = summary_of(out)
+        assert first["stopped_by"] == "signal" and first["alerts"] < N, first
+        summary, _, _ = run_to_idle(cfg_path)
+        counts = check_effectively_once(rec, values, read_action_dlq(cfg))
+        assert counts["absorbed_from_restart"] == 0, counts
+        assert first["alerts"] + summary["alerts"] >= N, (first, summary)
+        assert left_after_committed(cfg) == []
+        print(f"\nsigterm: stopped in {stopped_in:.2f} s after {first['alerts']} alerts; "
+              f"restart {summary['alerts']} alerts; {json.dumps(counts)}")
+    finally:
+        server.shutdown()
