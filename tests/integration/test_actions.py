@@ -186,10 +186,13 @@ def kill_after(proc: subprocess.Popen[str], rec: Receiver, deliveries: int, wait
             pytest.fail(f"the service ended before the kill:\n{proc.communicate()[0][-4000:]}")
         if time.monotonic() > deadline:
             proc.kill()
+            proc.communicate()
             pytest.fail(f"only {len(rec.keys('/ops'))} deliveries in {wait} s")
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
+    if proc.stdout is not None:
+        proc.stdout.close()
     return len(rec.keys("/ops"))
 
 
@@ -288,6 +291,7 @@ def test_kill_and_restart_every_alert_once(stack: SluiceConfig, tmp_path: Path) 
               f"{len(rec.requests)} requests, {json.dumps(counts)}; dlq {len(dlq)}")
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_control_without_state_the_receiver_absorbs_repeats(stack: SluiceConfig,
@@ -316,6 +320,7 @@ def test_control_without_state_the_receiver_absorbs_repeats(stack: SluiceConfig,
               f"absorbed {repeats} repeats")
     finally:
         server.shutdown()
+        server.server_close()
 
 
 def test_sigterm_finishes_the_call_commits_and_exits_0(stack: SluiceConfig, tmp_path: Path) -> None:
@@ -346,3 +351,4 @@ def test_sigterm_finishes_the_call_commits_and_exits_0(stack: SluiceConfig, tmp_
               f"restart {summary['alerts']} alerts; {json.dumps(counts)}")
     finally:
         server.shutdown()
+        server.server_close()
