@@ -13,7 +13,8 @@
 //!    writes the identity map otherwise), then walked from the root:
 //!    NaN → `missing_go_to_left`, `x <= threshold` (f32 widened to f64) → left,
 //!    else right (`Tree._apply_dense`);
-//! 3. per estimator, `depth(leaf) + c(n_node_samples(leaf)) - 1.0` is added to
+//! 3. per estimator, `depth(leaf) + c(n_node_samples(leaf)) - 1.0` (root depth 1, as
+//!    `Tree.compute_node_depths` counts) is added to
 //!    the row's total, estimators in order (`_parallel_compute_tree_depths`);
 //!    `c(n)` is `_average_path_length`: 0 for n <= 1, 1 for n == 2, else
 //!    `2 (ln(n - 1) + γ) - 2 (n - 1) / n`;
@@ -171,7 +172,8 @@ fn build_tree(t: &RawTree, e: usize, n_features: usize) -> Result<Tree, SluiceEr
     }
     // Depth of each node; children come after their parent, each node has one parent.
     let mut depth: Vec<Option<u32>> = vec![None; n];
-    depth[0] = Some(0);
+    // sklearn's `compute_node_depths` counts the root as depth 1 (hence its `- 1.0`).
+    depth[0] = Some(1);
     let mut nodes = Vec::with_capacity(n);
     for i in 0..n {
         let (l, r) = (t.children_left[i], t.children_right[i]);
@@ -191,7 +193,7 @@ fn build_tree(t: &RawTree, e: usize, n_features: usize) -> Result<Tree, SluiceEr
                 ));
             }
             // Unreachable leaves are never visited; give them a harmless value.
-            let depth_f = f64::from(d.unwrap_or(0));
+            let depth_f = f64::from(d.unwrap_or(1));
             let term = depth_f + average_path_length(samples as f64) - 1.0;
             nodes.push(Node {
                 column: 0,
@@ -433,11 +435,11 @@ mod tests {
         let c4 = average_path_length(4.0);
         let c3 = average_path_length(3.0);
         let denom = 2.0 * c4;
-        // b = 0.0 <= 1.0: left leaf (depth 1, 3 samples); tree 2: root leaf (depth 0, 4 samples).
-        let left = (1.0 + c3 - 1.0) + (0.0 + c4 - 1.0);
+        // b = 0.0 <= 1.0: left leaf (depth 2, 3 samples); tree 2: root leaf (depth 1, 4 samples).
+        let left = (2.0 + c3 - 1.0) + (1.0 + c4 - 1.0);
         assert_eq!(m.score(&[9.0, 0.0]).unwrap(), -(2f64.powf(-(left / denom))));
-        // b = 2.0: right leaf (depth 1, 1 sample).
-        let right = (1.0 + 0.0 - 1.0) + (0.0 + c4 - 1.0);
+        // b = 2.0: right leaf (depth 2, 1 sample).
+        let right = (2.0 + 0.0 - 1.0) + (1.0 + c4 - 1.0);
         assert_eq!(m.score(&[9.0, 2.0]).unwrap(), -(2f64.powf(-(right / denom))));
         // NaN in b is imputed with 1.5 → right.
         assert_eq!(m.score(&[f64::NAN, f64::NAN]).unwrap(), m.score(&[0.0, 1.5]).unwrap());
