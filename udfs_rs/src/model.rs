@@ -164,7 +164,10 @@ fn build_tree(t: &RawTree, e: usize, n_features: usize) -> Result<Tree, SluiceEr
         }
     }
     if t.features.is_empty() {
-        return Err(bad(&f("features"), "an estimator needs at least one column"));
+        return Err(bad(
+            &f("features"),
+            "an estimator needs at least one column",
+        ));
     }
     let mut columns = Vec::with_capacity(t.features.len());
     for (k, &c) in t.features.iter().enumerate() {
@@ -246,8 +249,8 @@ fn build_tree(t: &RawTree, e: usize, n_features: usize) -> Result<Tree, SluiceEr
 impl IsolationForest {
     /// Parse and validate the JSON export.
     pub fn from_json(text: &str) -> Result<Self, SluiceErr> {
-        let raw: RawModel = serde_json::from_str(text)
-            .map_err(|e| SluiceErr::Model(format!("model JSON: {e}")))?;
+        let raw: RawModel =
+            serde_json::from_str(text).map_err(|e| SluiceErr::Model(format!("model JSON: {e}")))?;
         if raw.format != FORMAT {
             return Err(bad(
                 "format",
@@ -264,26 +267,40 @@ impl IsolationForest {
             ));
         }
         if raw.n_features == 0 || raw.n_features > u32::MAX as usize {
-            return Err(bad("n_features", format!("{} is out of range", raw.n_features)));
+            return Err(bad(
+                "n_features",
+                format!("{} is out of range", raw.n_features),
+            ));
         }
         if let Some(names) = &raw.feature_names {
             if names.len() != raw.n_features {
                 return Err(bad(
                     "feature_names",
-                    format!("has {} names, n_features is {}", names.len(), raw.n_features),
+                    format!(
+                        "has {} names, n_features is {}",
+                        names.len(),
+                        raw.n_features
+                    ),
                 ));
             }
         }
         if raw.impute.len() != raw.n_features {
             return Err(bad(
                 "impute",
-                format!("has {} values, n_features is {}", raw.impute.len(), raw.n_features),
+                format!(
+                    "has {} values, n_features is {}",
+                    raw.impute.len(),
+                    raw.n_features
+                ),
             ));
         }
         if let Some(i) = raw.impute.iter().position(|v| !v.is_finite()) {
             return Err(bad(&format!("impute[{i}]"), "must be finite"));
         }
-        if !(raw.max_samples >= 1.0 && raw.max_samples.fract() == 0.0 && raw.max_samples.is_finite()) {
+        if !(raw.max_samples >= 1.0
+            && raw.max_samples.fract() == 0.0
+            && raw.max_samples.is_finite())
+        {
             return Err(bad(
                 "max_samples",
                 format!("must be an integer >= 1, got {}", raw.max_samples),
@@ -356,18 +373,45 @@ impl IsolationForest {
 
     /// Score `rows.len() / n_features` rows laid out row-major.
     pub fn score_many(&self, rows: &[f64]) -> Result<Vec<f64>, SluiceErr> {
-        if rows.len() % self.n_features != 0 {
+        if !rows.len().is_multiple_of(self.n_features) {
             return Err(SluiceErr::Value(format!(
                 "{} values are not a whole number of rows of {} features",
                 rows.len(),
                 self.n_features
             )));
         }
-        let mut buf = vec![0f32; self.n_features];
-        Ok(rows
-            .chunks_exact(self.n_features)
-            .map(|r| self.score_into(r, &mut buf))
-            .collect())
+        // Tree-major over blocks of rows: one tree's nodes stay in cache for the whole
+        // block. Each row still sums its trees in estimator order (same rounding).
+        const BLOCK: usize = 256;
+        let nf = self.n_features;
+        let mut out = Vec::with_capacity(rows.len() / nf);
+        let mut buf = vec![0f32; BLOCK * nf];
+        let mut totals = [0f64; BLOCK];
+        for block in rows.chunks(BLOCK * nf) {
+            let n = block.len() / nf;
+            for (b, (&x, &m)) in buf
+                .iter_mut()
+                .zip(block.iter().zip(self.impute.iter().cycle()))
+            {
+                *b = if x.is_nan() { m as f32 } else { x as f32 };
+            }
+            totals[..n].fill(0.0);
+            for t in &self.trees {
+                for (i, total) in totals[..n].iter_mut().enumerate() {
+                    *total += t.leaf_term(&buf[i * nf..(i + 1) * nf]);
+                }
+            }
+            out.extend(totals[..n].iter().map(|&total| self.finish(total)));
+        }
+        Ok(out)
+    }
+
+    #[inline]
+    fn finish(&self, total: f64) -> f64 {
+        if self.denominator == 0.0 {
+            return -1.0;
+        }
+        -(2f64.powf(-(total / self.denominator)))
     }
 
     #[inline]
@@ -379,10 +423,7 @@ impl IsolationForest {
         for t in &self.trees {
             total += t.leaf_term(buf);
         }
-        if self.denominator == 0.0 {
-            return -1.0;
-        }
-        -(2f64.powf(-(total / self.denominator)))
+        self.finish(total)
     }
 }
 
@@ -440,39 +481,89 @@ mod tests {
         assert_eq!(m.score(&[9.0, 0.0]).unwrap(), -(2f64.powf(-(left / denom))));
         // b = 2.0: right leaf (depth 2, 1 sample).
         let right = (2.0 + 0.0 - 1.0) + (1.0 + c4 - 1.0);
-        assert_eq!(m.score(&[9.0, 2.0]).unwrap(), -(2f64.powf(-(right / denom))));
+        assert_eq!(
+            m.score(&[9.0, 2.0]).unwrap(),
+            -(2f64.powf(-(right / denom)))
+        );
         // NaN in b is imputed with 1.5 → right.
-        assert_eq!(m.score(&[f64::NAN, f64::NAN]).unwrap(), m.score(&[0.0, 1.5]).unwrap());
+        assert_eq!(
+            m.score(&[f64::NAN, f64::NAN]).unwrap(),
+            m.score(&[0.0, 1.5]).unwrap()
+        );
         let many = m.score_many(&[9.0, 0.0, 9.0, 2.0]).unwrap();
-        assert_eq!(many, vec![m.score(&[9.0, 0.0]).unwrap(), m.score(&[9.0, 2.0]).unwrap()]);
+        assert_eq!(
+            many,
+            vec![m.score(&[9.0, 0.0]).unwrap(), m.score(&[9.0, 2.0]).unwrap()]
+        );
+    }
+
+    #[test]
+    fn batch_equals_per_row_across_blocks() {
+        let m = load(&good()).unwrap();
+        let rows: Vec<f64> = (0..1000)
+            .map(|i| {
+                if i % 7 == 0 {
+                    f64::NAN
+                } else {
+                    (i % 5) as f64 * 0.5
+                }
+            })
+            .collect();
+        let many = m.score_many(&rows).unwrap();
+        assert_eq!(many.len(), 500);
+        for (i, r) in rows.chunks(2).enumerate() {
+            assert_eq!(many[i], m.score(r).unwrap(), "row {i}");
+        }
     }
 
     #[test]
     fn compares_as_float32() {
         // 1.00000001 rounds to 1.0f32, so it goes left like sklearn (float32 input).
         let m = load(&good()).unwrap();
-        assert_eq!(m.score(&[0.0, 1.000_000_01]).unwrap(), m.score(&[0.0, 1.0]).unwrap());
-        assert_ne!(m.score(&[0.0, 1.0001]).unwrap(), m.score(&[0.0, 1.0]).unwrap());
+        assert_eq!(
+            m.score(&[0.0, 1.000_000_01]).unwrap(),
+            m.score(&[0.0, 1.0]).unwrap()
+        );
+        assert_ne!(
+            m.score(&[0.0, 1.0001]).unwrap(),
+            m.score(&[0.0, 1.0]).unwrap()
+        );
     }
 
     #[test]
     fn wrong_row_lengths_are_value_errors() {
         let m = load(&good()).unwrap();
         assert!(matches!(m.score(&[1.0]), Err(SluiceErr::Value(_))));
-        assert!(matches!(m.score_many(&[1.0, 2.0, 3.0]), Err(SluiceErr::Value(_))));
+        assert!(matches!(
+            m.score_many(&[1.0, 2.0, 3.0]),
+            Err(SluiceErr::Value(_))
+        ));
         assert_eq!(m.score_many(&[]).unwrap(), Vec::<f64>::new());
     }
 
     #[test]
     fn loader_errors_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut serde_json::Value)>)> = vec![
+        type Mutate = Box<dyn Fn(&mut serde_json::Value)>;
+        let cases: Vec<(&str, Mutate)> = vec![
             ("'format'", Box::new(|v| v["format"] = "xgboost".into())),
-            ("'format_version'", Box::new(|v| v["format_version"] = 2.into())),
+            (
+                "'format_version'",
+                Box::new(|v| v["format_version"] = 2.into()),
+            ),
             ("'n_features'", Box::new(|v| v["n_features"] = 0.into())),
-            ("'feature_names'", Box::new(|v| v["feature_names"] = serde_json::json!(["a"]))),
-            ("'impute'", Box::new(|v| v["impute"] = serde_json::json!([1.0]))),
+            (
+                "'feature_names'",
+                Box::new(|v| v["feature_names"] = serde_json::json!(["a"])),
+            ),
+            (
+                "'impute'",
+                Box::new(|v| v["impute"] = serde_json::json!([1.0])),
+            ),
             ("'max_samples'", Box::new(|v| v["max_samples"] = 0.5.into())),
-            ("'estimators'", Box::new(|v| v["estimators"] = serde_json::json!([]))),
+            (
+                "'estimators'",
+                Box::new(|v| v["estimators"] = serde_json::json!([])),
+            ),
             (
                 "'estimators[0].children_right'",
                 Box::new(|v| v["estimators"][0]["children_right"] = serde_json::json!([2, -1])),
@@ -503,7 +594,9 @@ mod tests {
             ),
             (
                 "'estimators[0].missing_go_to_left[0]'",
-                Box::new(|v| v["estimators"][0]["missing_go_to_left"] = serde_json::json!([2, 0, 0])),
+                Box::new(|v| {
+                    v["estimators"][0]["missing_go_to_left"] = serde_json::json!([2, 0, 0])
+                }),
             ),
             (
                 "'estimators[1].features'",
@@ -520,8 +613,14 @@ mod tests {
 
     #[test]
     fn malformed_json_and_missing_fields_are_model_errors() {
-        assert!(matches!(IsolationForest::from_json("{"), Err(SluiceErr::Model(_))));
-        assert!(matches!(IsolationForest::from_json("[]"), Err(SluiceErr::Model(_))));
+        assert!(matches!(
+            IsolationForest::from_json("{"),
+            Err(SluiceErr::Model(_))
+        ));
+        assert!(matches!(
+            IsolationForest::from_json("[]"),
+            Err(SluiceErr::Model(_))
+        ));
         let mut v = good();
         v.as_object_mut().unwrap().remove("offset");
         assert!(err_of(&v).contains("offset"));
