@@ -88,8 +88,10 @@ __all__ = [
     "FeatureSpecError",
     "FrameDecoder",
     "InvalidUtf8Error",
+    "IsolationForestModel",
     "MalformedJsonError",
     "MissingFieldError",
+    "ModelError",
     "OversizedError",
     "QualityChecker",
     "QualitySuiteError",
@@ -249,6 +251,11 @@ class FeatureSpecError(SluiceError):
     got 1.5``. Also raised by :meth:`FeatureAccumulator.merge` for accumulators of
     different specs, and by the ``update*`` methods when the spec has no aggregation of
     that input kind (values vs frames)."""
+
+class ModelError(SluiceError):
+    """A model export (:class:`IsolationForestModel`) cannot be loaded: not JSON, another
+    ``format`` / ``format_version``, or a field that does not validate; the message names
+    the field (``model JSON: field 'estimators[3].children_left[7]': ...``)."""
 
 class StateError(SluiceError):
     """A :meth:`FeatureAccumulator.to_bytes` blob cannot be read back: shorter than any
@@ -686,3 +693,43 @@ class FeatureAccumulator:
     def result(self) -> dict[str, float]:
         """Output name → value, in spec order (all names always present; NaN where
         undefined)."""
+
+
+@final
+class IsolationForestModel:
+    """An isolation forest exported by :mod:`sluice.model` (``model.json``, format
+    ``sluice-isolation-forest`` v1, docs/models.md), scored exactly like scikit-learn's
+    ``IsolationForest.score_samples``: lower = more abnormal. NaN inputs are replaced by the
+    exported training medians (``impute``); values are compared as float32, like sklearn.
+
+    :class:`ModelError` if the JSON does not load (the message names the field)."""
+
+    def __new__(cls, json_text: str) -> Self: ...
+    def score(self, features: Sequence[float] | Any) -> float:
+        """Score one vector (a sequence of numbers or a 1-D float64 array) of
+        :attr:`n_features` values in the export's feature order. ``ValueError`` for another
+        length, ``TypeError`` for non-numbers."""
+
+    def score_many(self, rows: Sequence[Sequence[float]] | Any) -> list[float]:
+        """Score every row of a 2-D float64 array of shape ``(n, n_features)`` (or a sequence
+        of sequences); releases the GIL while it scores."""
+
+    @property
+    def n_features(self) -> int: ...
+    @property
+    def n_estimators(self) -> int: ...
+    @property
+    def max_samples(self) -> float: ...
+    @property
+    def offset(self) -> float:
+        """sklearn's ``offset_``: ``decision_function = score - offset``."""
+
+    @property
+    def threshold(self) -> float | None:
+        """The decision threshold (anomaly when ``score < threshold``), if exported."""
+
+    @property
+    def feature_names(self) -> list[str] | None: ...
+    @property
+    def impute(self) -> list[float]:
+        """Per feature, the value a NaN input is replaced with (the training median)."""

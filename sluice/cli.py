@@ -24,7 +24,9 @@ features_app = typer.Typer(help="The window feature spec (docs/features.md).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
+model_app = typer.Typer(help="Anomaly models and the model registry (docs/models.md).")
 app.add_typer(features_app, name="features")
+app.add_typer(model_app, name="model")
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="sluice YAML (default sluice.yaml)")]
@@ -370,6 +372,89 @@ def _replay_summary_table(report) -> Table:  # type: ignore[no-untyped-def]
         t.add_row(f"[yellow]skipped: {why}", str(n))
     t.add_row("ledger", report.ledger_topic)
     return t
+
+
+def _registry(cfg: SluiceConfig):  # type: ignore[no-untyped-def]
+    from sluice.model import Registry
+
+    return Registry(cfg.path(cfg.models.dir))
+
+
+@model_app.command("train")
+@_fail_fast
+def model_train(
+    window: Annotated[str, typer.Option("--window", "-w", help="window of the feature spec")],
+    from_file: Annotated[Path | None, typer.Option(
+        "--from-file", help="FeatureVector JSON lines (default: read the features topic)")] = None,
+    name: Annotated[str | None, typer.Option(help="model name (default iforest-<window>)")] = None,
+    n_estimators: Annotated[int, typer.Option(min=1)] = 100,
+    contamination: Annotated[float, typer.Option(min=0.0, max=0.5)] = 0.01,
+    holdout: Annotated[float, typer.Option(min=0.0, max=0.9)] = 0.2,
+    seed: int = 0,
+    config: ConfigOpt = None,
+) -> None:
+    """Train an IsolationForest on one window's FeatureVectors and publish the next version."""
+    from sluice.model import ModelError, TrainParams, read_jsonl, read_topic, train
+
+    cfg = _config(config)
+    spec = cfg.feature_spec()
+    if spec is None:
+        console.print("[red]no feature spec: set features.spec in the config[/red]")
+        raise typer.Exit(2)
+    try:
+        if from_file is not None:
+            rows = read_jsonl(from_file)
+        else:
+            _preflight(cfg)
+            rows = read_topic(cfg)
+        mv = train(rows, spec, window, _registry(cfg), name,
+                   TrainParams(n_estimators=n_estimators, contamination=contamination,
+                               holdout=holdout, seed=seed))
+    except (ModelError, OSError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    meta = mv.metadata
+    console.print(f"[green]{escape(mv.name)} version {mv.version}[/green] → {escape(str(mv.path))}: "
+                  f"{meta['training']['rows']} training rows, holdout anomaly rate "
+                  f"{meta['holdout_metrics'].get('anomaly_rate', float('nan')):.4f}")
+
+
+@model_app.command("list")
+def model_list(
+    name: Annotated[str | None, typer.Argument(help="one model (default: all)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The registry's models and versions."""
+    reg = _registry(_config(config))
+    t = Table(title=f"models in {escape(str(reg.root))}")
+    for col in ("name", "version", "created_at", "window", "feature_spec_version", "rows",
+                "holdout anomaly rate", "threshold"):
+        t.add_column(col, no_wrap=True)
+    for n in [name] if name else reg.names():
+        for mv in reg.versions(n):
+            m = mv.metadata
+            rate = m.get("holdout_metrics", {}).get("anomaly_rate")
+            t.add_row(escape(n), str(mv.version), m.get("created_at", ""), escape(m.get("window", "")),
+                      m.get("feature_spec_version", ""), str(m["training"]["rows"]),
+                      "" if rate is None else f"{rate:.4f}", f"{m['threshold']:.6f}")
+    console.print(t)
+
+
+@model_app.command("show")
+def model_show(
+    name: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[int | None, typer.Argument(help="version (default: the latest)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """One version's metadata (JSON)."""
+    from sluice.model import ModelError
+
+    try:
+        mv = _registry(_config(config)).get(name, version)
+    except ModelError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    print(json.dumps({"path": str(mv.path), **mv.metadata}, indent=2, sort_keys=True))
 
 
 @features_app.command("check")

@@ -327,6 +327,12 @@ class ScoreConfig(_Section):
     model_version: str = "threshold-v0"
 
 
+class ModelsConfig(_Section):
+    # The model registry (docs/models.md): models/<name>/<version>/, relative to the config
+    # file's folder. `sluice model train` writes there; `sluice model list|show` reads it.
+    dir: Path = Path("models")
+
+
 class ReferenceConfig(_Section):
     devices_csv: Path = Path("reference/devices.csv")
 
@@ -467,6 +473,7 @@ class SluiceConfig(BaseModel):
     quality: QualityConfig = QualityConfig()
     features: FeaturesConfig = FeaturesConfig()
     score: ScoreConfig = ScoreConfig()
+    models: ModelsConfig = ModelsConfig()
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()
     actions: ActionsConfig = ActionsConfig()

@@ -6,6 +6,7 @@ Thin re-export of :mod:`sluice._native` (built from ``udfs_rs/`` with maturin)::
     from sluice.native import EventDecoder, FrameDecoder, encode_frame
     from sluice.native import QualityChecker, QualitySuiteError
     from sluice.native import FeatureAccumulator, FeatureSpec, FeatureSpecError, StateError
+    from sluice.native import IsolationForestModel, ModelError
 
 See ``sluice/_native.pyi`` for the documented API.
 """
@@ -69,6 +70,12 @@ try:
 except ImportError as _exc:  # pragma: no cover - depends on the build state
     _STALE_BUILD = _STALE_BUILD or str(_exc)
 
+# Isolation-forest scoring (issue 5, docs/models.md), same stale-build handling.
+try:
+    from sluice._native import IsolationForestModel, ModelError
+except ImportError as _exc:  # pragma: no cover - depends on the build state
+    _STALE_BUILD = _STALE_BUILD or str(_exc)
+
 if _STALE_BUILD:  # pragma: no cover - depends on the build state
 
     def __getattr__(name: str) -> object:
@@ -94,8 +101,10 @@ __all__ = [
     "FeatureSpecError",
     "FrameDecoder",
     "InvalidUtf8Error",
+    "IsolationForestModel",
     "MalformedJsonError",
     "MissingFieldError",
+    "ModelError",
     "OversizedError",
     "QualityChecker",
     "QualitySuiteError",

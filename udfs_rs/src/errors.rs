@@ -21,7 +21,8 @@
 //! ├── EncodeError            .reason .path
 //! ├── QualitySuiteError      (a great-expectations suite the Rust checks cannot compile)
 //! ├── FeatureSpecError       (a feature spec that does not validate; a spec mismatch)
-//! └── StateError             (an accumulator state blob that cannot be read back)
+//! ├── StateError             (an accumulator state blob that cannot be read back)
+//! └── ModelError             (a model export that does not load; the message names the field)
 //! ```
 //!
 //! Bad call arguments of the feature accumulators (array lengths that
@@ -161,6 +162,13 @@ create_exception!(
     "An accumulator state blob cannot be read back: too short, another format version, checksum mismatch, written for another feature spec, or contents that are inconsistent."
 );
 
+create_exception!(
+    sluice.native,
+    ModelError,
+    SluiceError,
+    "A model export cannot be loaded: not JSON, another format or format version, or a field that does not validate (the message names the field, e.g. estimators[3].children_left[7])."
+);
+
 /// Why a decode failed. `as_str` gives the stable reason code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DecodeReason {
@@ -272,6 +280,8 @@ pub enum SluiceErr {
     FeatureSpec(String),
     /// An accumulator state blob that cannot be read back (`features.rs`).
     State(String),
+    /// A model export that does not load (`model.rs`).
+    Model(String),
     /// A bad call argument (Python `ValueError`).
     Value(String),
     /// A Python error raised while building / reading Python objects.
@@ -387,6 +397,7 @@ impl SluiceErr {
             SluiceErr::QualitySuite(_) => QualitySuiteError::new_err(msg),
             SluiceErr::FeatureSpec(_) => FeatureSpecError::new_err(msg),
             SluiceErr::State(_) => StateError::new_err(msg),
+            SluiceErr::Model(_) => ModelError::new_err(msg),
             SluiceErr::Value(_) => pyo3::exceptions::PyValueError::new_err(msg),
             SluiceErr::Decode(d) => {
                 let err = match d.reason {
@@ -440,6 +451,7 @@ impl fmt::Display for SluiceErr {
             | SluiceErr::QualitySuite(m)
             | SluiceErr::FeatureSpec(m)
             | SluiceErr::State(m)
+            | SluiceErr::Model(m)
             | SluiceErr::Value(m) => f.write_str(m),
             SluiceErr::Python(e) => write!(f, "{e}"),
             SluiceErr::Decode(d) => {
@@ -604,5 +616,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("QualitySuiteError", py.get_type::<QualitySuiteError>())?;
     m.add("FeatureSpecError", py.get_type::<FeatureSpecError>())?;
     m.add("StateError", py.get_type::<StateError>())?;
+    m.add("ModelError", py.get_type::<ModelError>())?;
     Ok(())
 }

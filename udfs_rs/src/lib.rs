@@ -17,6 +17,7 @@
 //! * [`quality`] – great-expectations suites compiled to per-record checks.
 //! * [`features`] – mergeable, serialisable window feature accumulators (moments,
 //!   EWMA, slope, DDSketch quantiles, waveform RMS/peak/crest/kurtosis/FFT bands).
+//! * [`model`]   – isolation-forest scoring replicating scikit-learn's `score_samples`.
 //! * [`errors`]  – the one error enum + Python exception hierarchy.
 //! * `py`        – pyo3 classes (`AvroDecoder`, `AvroEncoder`, `FrameDecoder`,
 //!   `EventDecoder`, `QualityChecker`, `FeatureSpec`, `FeatureAccumulator`, ...).
@@ -28,6 +29,7 @@ pub mod events;
 pub mod features;
 pub mod frames;
 pub mod framing;
+pub mod model;
 mod py;
 pub mod quality;
 pub mod resolve;
@@ -54,6 +56,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<py::QualityChecker>()?;
     m.add_class::<py::FeatureSpec>()?;
     m.add_class::<py::FeatureAccumulator>()?;
+    m.add_class::<py::IsolationForestModel>()?;
     errors::register(m)?;
     Ok(())
 }

@@ -1430,3 +1430,111 @@ impl FeatureAccumulator {
         )
     }
 }
+
+/// An isolation forest exported by `sluice.model` (`model.json`), scored like
+/// scikit-learn's `IsolationForest.score_samples` (`model.rs`).
+#[pyclass(frozen, module = "sluice._native")]
+pub struct IsolationForestModel {
+    core: crate::model::IsolationForest,
+}
+
+#[pymethods]
+impl IsolationForestModel {
+    #[new]
+    fn new(py: Python<'_>, json_text: &str) -> PyResult<Self> {
+        let core = crate::model::IsolationForest::from_json(json_text).py_err(py)?;
+        Ok(IsolationForestModel { core })
+    }
+
+    /// Score one feature vector (missing values as NaN); lower = more abnormal.
+    fn score(&self, py: Python<'_>, features: &Bound<'_, PyAny>) -> PyResult<f64> {
+        let row = f64_values(py, features, "features")?;
+        self.core.score(&row).py_err(py)
+    }
+
+    /// Score the rows of a 2-D float64 array (or a sequence of sequences).
+    fn score_many(&self, py: Python<'_>, rows: &Bound<'_, PyAny>) -> PyResult<Vec<f64>> {
+        let n = self.core.n_features();
+        let flat: Vec<f64> = if let Ok(buf) = PyBuffer::<f64>::get(rows) {
+            let shape = buf.shape();
+            if buf.dimensions() != 2 || shape[1] != n {
+                return Err(PyValueError::new_err(format!(
+                    "rows must be a 2-D array of shape (n, {n}), got shape {shape:?}"
+                )));
+            }
+            buf.to_vec(py)?
+        } else {
+            if rows.is_instance_of::<PyBytes>() || rows.is_instance_of::<PyByteArray>() {
+                return Err(PyTypeError::new_err(format!(
+                    "rows must be numbers, got {}",
+                    type_name(rows)
+                )));
+            }
+            let nested: Vec<Vec<f64>> = rows.extract().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "rows must be a 2-D float64 array or a sequence of sequences of numbers, got {}",
+                    type_name(rows)
+                ))
+            })?;
+            let mut flat = Vec::with_capacity(nested.len() * n);
+            for (i, r) in nested.iter().enumerate() {
+                if r.len() != n {
+                    return Err(PyValueError::new_err(format!(
+                        "row {i} has {} values, the model takes {n}",
+                        r.len()
+                    )));
+                }
+                flat.extend_from_slice(r);
+            }
+            flat
+        };
+        let core = &self.core;
+        py.detach(|| core.score_many(&flat)).py_err(py)
+    }
+
+    #[getter]
+    fn n_features(&self) -> usize {
+        self.core.n_features()
+    }
+
+    #[getter]
+    fn n_estimators(&self) -> usize {
+        self.core.n_estimators()
+    }
+
+    #[getter]
+    fn max_samples(&self) -> f64 {
+        self.core.max_samples()
+    }
+
+    /// sklearn's `offset_`: `decision_function = score_samples - offset`.
+    #[getter]
+    fn offset(&self) -> f64 {
+        self.core.offset()
+    }
+
+    /// The decision threshold on the score (anomaly when score < threshold), if exported.
+    #[getter]
+    fn threshold(&self) -> Option<f64> {
+        self.core.threshold()
+    }
+
+    #[getter]
+    fn feature_names(&self) -> Option<Vec<String>> {
+        self.core.feature_names().map(<[String]>::to_vec)
+    }
+
+    #[getter]
+    fn impute(&self) -> Vec<f64> {
+        self.core.impute().to_vec()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "IsolationForestModel(n_features={}, n_estimators={}, max_samples={})",
+            self.core.n_features(),
+            self.core.n_estimators(),
+            self.core.max_samples()
+        )
+    }
+}
