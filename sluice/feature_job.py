@@ -47,6 +47,7 @@ from pyflink.datastream.window import (
 from sluice.features import WAVEFORM_FIELD, WindowSpec
 from sluice.native import AvroDecoder, AvroEncoder, FeatureAccumulator
 from sluice.native import FeatureSpec as NativeSpec
+from sluice.udfs import _SOURCE_SYMBOL
 
 # The spec's aggregation names where the Rust module spells them differently.
 _RUST_AGG = {"crest_factor": "crest"}
@@ -341,11 +342,14 @@ def add_feature_windows(t_env: Any, stmts: Any, cfg: Any,
     t_env.execute_sql(sink_ddl(cfg, "features_sink", cfg.topics.features))
     t_env.execute_sql(sink_ddl(cfg, "late_sink", cfg.topics.late))
 
-    sources = sorted({s for w in spec.windows for s in w.source})
+    # The Ingest UDF's r.source is the input's logical name (sluice.udfs.TELEMETRY, ...);
+    # the spec and the canonical event use the EnrichedReading symbol (TELEMETRY, ...).
+    logical = {symbol: name for name, symbol in _SOURCE_SYMBOL.items()}
+    sources = sorted({logical[s] for w in spec.windows for s in w.source})
     in_list = ", ".join(f"'{s}'" for s in sources)
     table = t_env.sql_query(f"""
         SELECT r.out_value AS ev,
-               CASE WHEN r.source = 'SENSOR_FRAME' THEN `value` END AS frame,
+               CASE WHEN r.source = '{logical["SENSOR_FRAME"]}' THEN `value` END AS frame,
                `topic`, `partition`, `offset`, rowtime
         FROM counted WHERE seen = 1 AND r.source IN ({in_list})""")
     fields = scalar_fields(spec.windows)
