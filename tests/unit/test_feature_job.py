@@ -37,7 +37,8 @@ windows:
       - field: humidity_pct
         aggs: [count, sum, mean, slope]
       - field: frame.samples
-        aggs: [rms, peak, crest_factor, kurtosis, {band_energy: {bands: [[0, 50], [50, 200.5], [200.5, 600]]}}]
+        aggs: [rms, peak, crest_factor, kurtosis,
+               {band_energy: {bands: [[0, 50], [50, 200.5], [200.5, 600]]}}]
       - field: frame.peak_abs_g
         aggs: [max]
 """

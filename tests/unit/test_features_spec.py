@@ -520,7 +520,8 @@ def test_config_refuses_a_spec_without_its_schema(tmp_path: Path) -> None:
     path = _config_with_spec(tmp_path, VALID)
     path.write_text(path.read_text().replace(str(REPO / "schemas"), str(tmp_path)))
     with pytest.raises(ConfigError, match=r"features\.spec: fields are checked against the "
-                       r"EnrichedReading schema, and .*telemetry\.enriched-value/v\d+\.avsc .* does not exist"):
+                       r"EnrichedReading schema, and .*telemetry\.enriched-value/v\d+\.avsc "
+                       r".* does not exist"):
         load_config(path, env={})
 
 
