@@ -376,3 +376,38 @@ def test_quantiles_are_within_the_sketch_accuracy(run: Run) -> None:
              if ".p" in n and x]
     assert diffs and max(diffs) <= 0.01
     assert not any(math.isnan(x) for v in run.vectors for x in v["features"].values())
+
+
+def test_demo_spec_in_thread_mode_matches_the_oracle(stack: SluiceConfig, tmp_path: Path) -> None:
+    """The repo's own features.yaml (1 min tumbling, 5 min hop, 30 s sessions with waveform
+    features) on a bounded run in thread mode (pemja): the end of input fires every window,
+    and the vectors equal the oracle's; nothing is late in event-time order."""
+    cfg = unique_config(
+        stack, "feat-thread",
+        job={"bounded": True, "startup_mode": "earliest", "python_execution_mode": "thread"},
+        generator={"records": RECORDS}, quality={"audit": False},
+        features={"spec": str(REPO_ROOT / "features.yaml")},
+    )
+    ensure_topics(cfg)
+    g = cfg.generator
+    n = int(g.records * (1 + g.frame_share + g.maintenance_share)) + 100
+    items = plan(cfg, start_ms=aligned_start(cfg, n * STEP_MS * 10), step_ms=STEP_MS * 10)
+    produce(cfg, items)
+    out = subprocess.run([PYTHON, "jobs/pipeline.py", "--config", str(write_config(cfg, tmp_path))],
+                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, (out.stdout + out.stderr)[-4000:]
+    vectors, late, enriched = _outputs(cfg)
+    spec = load_feature_spec(REPO_ROOT / "features.yaml")
+    run = Run(cfg, REPO_ROOT / "features.yaml", items, [], ("", "", 0, 0), vectors, late, enriched)
+    exp = expected_features(sorted(run.oracle_events(), key=lambda e: e["ts"]), spec,
+                            out_of_orderness_ms=cfg.window.out_of_orderness_ms)
+    want = exp.final_by_key()
+    got, _ = final_vectors(vectors)
+    assert {k[0] for k in want} == {"temp_1m", "vib_5m", "vib_session"} and len(want) > 50
+    assert got.keys() == want.keys()
+    for k, w in want.items():
+        assert got[k]["event_count"] == w.event_count, k
+        assert got[k]["features"].keys() == w.features.keys(), k
+        for name, x in w.features.items():
+            assert features_close(name, got[k]["features"][name], x), (k, name)
+    assert not late and not any(exp.late.values())
