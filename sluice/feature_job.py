@@ -327,6 +327,25 @@ def _assigner(w: WindowSpec) -> Any:
     return EventTimeSessionWindows(w.gap)
 
 
+class UnsupportedWindowError(ValueError):
+    """A spec window the job cannot run correctly in the configured Python execution mode."""
+
+
+def check_execution_mode(spec: Any, mode: str) -> None:
+    """Session windows need process mode. In PyFlink 2.2 thread mode, the Python window
+    operator keeps its merging-window set in keyed state under VoidNamespace while the
+    operator's state table serialises namespaces as TimeWindow, so the first checkpoint
+    taken while a session is open fails (ClassCastException: VoidNamespace cannot be cast
+    to TimeWindow, in CopyOnWriteStateMapSnapshot) and the job restarts until it gives up.
+    Refuse at build time rather than fail at the first checkpoint."""
+    sessions = [w.name for w in spec.windows if w.kind == "session"]
+    if mode == "thread" and sessions:
+        raise UnsupportedWindowError(
+            f"features.spec: session window(s) {', '.join(sessions)} need "
+            "job.python_execution_mode: process (PyFlink 2.2 thread mode cannot checkpoint "
+            "merging windows: VoidNamespace cannot be cast to TimeWindow; docs/features.md)")
+
+
 def add_feature_windows(t_env: Any, stmts: Any, cfg: Any,
                         sink_ddl: Callable[[Any, str, str], str]) -> bool:
     """Declare the window features of ``cfg.feature_spec()`` on ``t_env`` and add their
@@ -336,6 +355,7 @@ def add_feature_windows(t_env: Any, stmts: Any, cfg: Any,
     spec = cfg.feature_spec()
     if spec is None:
         return False
+    check_execution_mode(spec, cfg.job.python_execution_mode)
     enriched = output_schema(cfg, cfg.schemas.enriched)
     vectors_schema = output_schema(cfg, cfg.schemas.features)
     late_schema = output_schema(cfg, cfg.schemas.late)

@@ -13,6 +13,8 @@ import pytest
 from sluice.feature_job import (
     DEVICE_ID,
     FeatureAggregate,
+    UnsupportedWindowError,
+    check_execution_mode,
     field_features,
     field_plans,
     scalar_fields,
@@ -150,3 +152,19 @@ def test_the_comparison_can_fail() -> None:
     with pytest.raises(AssertionError):
         _assert_close(_job_features(w, plans, acc), window_features(w, oracle_events))
     assert job_events[0][DEVICE_ID] == "d1"
+
+
+def test_thread_mode_refuses_session_windows() -> None:
+    spec = parse_feature_spec(SPEC + """
+  - name: sess
+    kind: session
+    gap: 30s
+    source: SENSOR_FRAME
+    features:
+      - field: frame.peak_abs_g
+        aggs: [max]
+""")
+    with pytest.raises(UnsupportedWindowError, match="sess need job.python_execution_mode: process"):
+        check_execution_mode(spec, "thread")
+    check_execution_mode(spec, "process")
+    check_execution_mode(parse_feature_spec(SPEC), "thread")  # no session: fine
