@@ -213,6 +213,8 @@ class TopicsConfig(_Section):
     # window features, drift events, retraining requests and model rollouts.
     devices: str = "devices"
     features: str = "features"
+    # Events later than a feature window's allowed lateness, one LateRecord per window.
+    late: str = "late"
     drift: str = "drift"
     retrain_triggers: str = "retrain-triggers"
     model_updates: str = "model-updates"
@@ -228,8 +230,8 @@ class TopicsConfig(_Section):
     def all(self) -> list[str]:
         return [
             *self.inputs(), self.enriched, self.scores, self.alerts, self.dlq, self.quality,
-            self.dlq_replays, self.devices, self.features, self.drift, self.retrain_triggers,
-            self.model_updates, self.action_dlq,
+            self.dlq_replays, self.devices, self.features, self.late, self.drift,
+            self.retrain_triggers, self.model_updates, self.action_dlq,
         ]
 
 
@@ -242,6 +244,8 @@ class SchemasConfig(_Section):
     alerts: str = "alerts-value/v1.avsc"
     dlq: str = "dlq-value/v2.avsc"
     quality: str = "quality-value/v1.avsc"
+    features: str = "features-value/v1.avsc"
+    late: str = "late-value/v1.avsc"
 
 
 class CheckpointConfig(_Section):
@@ -250,6 +254,11 @@ class CheckpointConfig(_Section):
     timeout_ms: int = Field(default=120_000, gt=0)
     # None: the cluster's execution.checkpointing.dir (or in-memory on a mini-cluster).
     dir: str | None = None
+    # Where keyed state lives: hashmap (JVM heap; small state) or rocksdb (local disk;
+    # state larger than memory), set by the job on top of the cluster's flink-conf.
+    # rocksdb_incremental: checkpoints upload only the new RocksDB files.
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
+    rocksdb_incremental: bool = True
 
 
 class JobConfig(_Section):
