@@ -107,6 +107,16 @@ class _Job:
             time.sleep(0.5)
         raise self._fail(f"the job was not running after {timeout:.0f} s")
 
+    def checkpoint_state(self, jid: str) -> dict[str, Any]:
+        """The latest completed checkpoint's id and state sizes, as Flink reports them."""
+        try:
+            latest = self.session.get(f"{self.url}/jobs/{jid}/checkpoints", timeout=5).json()
+            done = (latest.get("latest") or {}).get("completed") or {}
+        except (requests.RequestException, ValueError):
+            return {}
+        return {k: done.get(k) for k in ("id", "state_size", "checkpointed_size")
+                if done.get(k) is not None}
+
     def stop_with_drain(self, jid: str, savepoint_dir: Path, timeout: float = 180) -> None:
         """Stop with a final savepoint and MAX_WATERMARK: windows fire, transactions commit."""
         r = self.session.post(
@@ -153,7 +163,7 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     watch = _Watch()
     stop_reading = threading.Event()
     out_topics = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts,
-                  cfg.topics.quality]
+                  cfg.topics.quality, cfg.topics.features, cfg.topics.late]
 
     def reader() -> None:
         read_committed(cfg, out_topics, until=lambda _: stop_reading.is_set(), max_wait=3600,
@@ -197,6 +207,7 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
             gen = result["gen"]
             t_all_out = time.time()
             t_stop = bar.add_task("stop with drain (final checkpoint)", total=1)
+            state = job.checkpoint_state(jid)
             job.stop_with_drain(jid, out_dir / "savepoints")
             bar.update(t_stop, completed=1)
         # The final checkpoint committed the last windows; give the reader a moment.
@@ -214,6 +225,10 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     ids = {e["event_id"] for e in enriched}
     span = max(t_all_out - t_first_in, 1e-3)
     quality = _decode_all(cfg, watch.records.get(cfg.topics.quality, []))
+    features = _decode_all(cfg, watch.records.get(cfg.topics.features, []))
+    late = _decode_all(cfg, watch.records.get(cfg.topics.late, []))
+    savepoint_bytes = sum(f.stat().st_size for f in (out_dir / "savepoints").rglob("*")
+                          if f.is_file())
     summary: dict[str, Any] = {
         "records_in": gen.total,
         "inputs": {topic_of(cfg, src): n for src, n in gen.by_input().items()},
@@ -227,6 +242,9 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
         "duplicates_out": len(enriched) - len(ids),
         "balanced": gen.total == len(enriched) + len(dlq) and len(ids) == len(enriched),
         "window_scores": watch.count(cfg.topics.scores),
+        "features": feature_summary(features),
+        "late": {"records": len(late), "by_window": dict(Counter(r["window"] for r in late))},
+        "state": {"last_checkpoint": state, "final_savepoint_bytes": savepoint_bytes},
         "alerts": watch.count(cfg.topics.alerts),
         "throughput_eps": round(gen.total / span, 1),
         "input_rate_eps": cfg.generator.rate_eps,
@@ -242,6 +260,20 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     _latency_chart(latencies, cfg, out_dir / "latency.png")
     _print_summary(console, summary, out_dir)
     return summary
+
+
+def feature_summary(vectors: list[dict]) -> dict[str, Any]:
+    """FeatureVectors written, and the distinct windows they describe (a late firing
+    re-emits a window's vector under the same key: the last one is final)."""
+    final = {(v["device_id"], v["window"], v["window_start"]) for v in vectors}
+    by_window = Counter(w for _, w, _ in final)
+    return {
+        "vectors": len(vectors),
+        "windows": len(final),
+        "by_window": dict(sorted(by_window.items())),
+        "feature_values": sum(len(v["features"]) for v in vectors),
+        "feature_spec_version": sorted({v["feature_spec_version"] for v in vectors}),
+    }
 
 
 def quality_summary(enriched: list[dict], dlq: list[dict], results: list[dict]) -> dict[str, Any]:
@@ -300,6 +332,12 @@ def _print_summary(console: Console, s: dict[str, Any], out_dir: Path) -> None:
         ("quality: GE audit results (min ratio)",
          f'{s["quality"]["audit_results"]} ({s["quality"]["audit_success_ratio_min"]})'),
         ("window scores / alerts", f'{s["window_scores"]} / {s["alerts"]}'),
+        ("feature vectors (windows)", f'{s["features"]["vectors"]} ({s["features"]["windows"]})'),
+        *((f"  {w}", n) for w, n in s["features"]["by_window"].items()),
+        ("late records (feature windows)", s["late"]["records"]),
+        ("state: last checkpoint / final savepoint",
+         f'{s["state"]["last_checkpoint"].get("state_size", "?")} B / '
+         f'{s["state"]["final_savepoint_bytes"]} B'),
         ("throughput (input rate-limited)", f'{s["throughput_eps"]:.0f} events/s'),
         ("latency p50 / p99", f'{s["latency_ms_p50"]:.0f} / {s["latency_ms_p99"]:.0f} ms'),
         ("delivery", s["delivery"]),
