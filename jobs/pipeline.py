@@ -341,6 +341,10 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
     stmts.add_insert_sql(
         "INSERT INTO alerts_sink SELECT device_id, s.alert_value FROM scored WHERE s.is_alert"
     )
+    if cfg.reference.joins:  # appended: every uid above stays as it was
+        from jobs.reference import add_reference_joins
+
+        add_reference_joins(t_env, stmts, cfg, _kafka_props(cfg), _sink_ddl)
     if extend is not None:
         extend(t_env, stmts, cfg)
     stmts.attach_as_datastream()

@@ -1,0 +1,191 @@
+"""Issue 4's reference-data joins on the real stack, against an independent oracle
+(tests/reference_oracle.py): device versions from the compacted `devices` topic
+(temporal join at each reading's event time, a calibration change mid-stream, a device
+registered late, unknown devices), the sites file (also changed mid-stream, no restart)
+and maintenance work orders (interval join)."""
+
+from __future__ import annotations
+
+import bisect
+import shutil
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+from sluice.config import SluiceConfig
+from sluice.generator import (
+    WorkOrder,
+    aligned_start,
+    plan,
+    produce,
+)
+from sluice.kafka_util import ensure_topics, read_committed
+from sluice.reference import DeviceVersion, publish_devices, versions_from_csv
+from tests import reference_oracle
+from tests.conftest import PYTHON, run_job, unique_config, write_config
+
+pytestmark = pytest.mark.integration
+
+RECORDS = 800
+STEP_MS = 20
+HOLD_MS, BEFORE_MS, AFTER_MS = 3_000, 4_000, 1_000
+
+
+def _decoded(cfg: SluiceConfig, topics: list[str], **kw) -> dict[str, list[dict]]:
+    got = read_committed(cfg, topics, **kw)
+    with SchemaRegistryClient(cfg.registry.client_conf()) as client:
+        de = AvroDeserializer(client)
+        return {t: [de(r.value, None) for r in recs] for t, recs in got.items()}
+
+
+def _insert_by_ts(items: list, extra: list) -> list:
+    """Extra items at their event-time position (Kafka order = event-time order)."""
+    items = list(items)
+    for e in extra:
+        items.insert(bisect.bisect_right([i.ts for i in items], e.ts), e)
+    return items
+
+
+def _versions(cfg: SluiceConfig, start: int, span: int) -> list[DeviceVersion]:
+    """The registry as published: every CSV device from its installation date, except
+    dev-0017, registered only 9 s into the run (its earlier readings are LATE within the
+    hold, MISSING before it); dev-0000 recalibrated mid-run; dev-0001 moved to a site the
+    sites file does not list; dev-0002 decommissioned. dev-0018/19 are never registered."""
+    base = [v for v in versions_from_csv(cfg.path(cfg.reference.devices_csv))
+            if v.device_id != "dev-0017"]
+    by_id = {v.device_id: v for v in base}
+    later = [
+        replace(by_id["dev-0000"], valid_from=start + span // 2, calibration_offset_c=1.5,
+                max_temperature_c=77.0),
+        replace(by_id["dev-0001"], valid_from=start + span // 3, site_id="site-unlisted",
+                device_model="VX-300"),
+        replace(by_id["dev-0002"], valid_from=start + 2 * span // 3, decommissioned=True,
+                max_vibration_rms_g=2.5),
+        DeviceVersion("dev-0017", start + 9_000, "warehouse-east", "VX-200", -0.5, 85.0),
+    ]
+    return sorted(base + later, key=lambda v: v.valid_from)
+
+
+@pytest.fixture(scope="module", params=["flag", "dead-letter"])
+def joined_run(request, stack: SluiceConfig, tmp_path_factory):  # type: ignore[no-untyped-def]
+    mode = request.param
+    tmp = tmp_path_factory.mktemp(f"ref-{mode}")
+    sites_csv = tmp / "sites.csv"
+    shutil.copy(stack.path(stack.reference.sites_csv), sites_csv)
+    cfg = unique_config(
+        stack, f"ref-{mode}",
+        job={"bounded": True, "startup_mode": "earliest", "python_execution_mode": "process"},
+        generator={"records": RECORDS},
+        quality={"audit": False},
+        reference={"joins": True, "unknown_device": mode, "unknown_device_hold_ms": HOLD_MS,
+                   "maintenance_before_ms": BEFORE_MS, "maintenance_after_ms": AFTER_MS,
+                   "sites_csv": str(sites_csv)},
+    )
+    ensure_topics(cfg)
+    g = cfg.generator
+    span = int(g.records * (1 + g.frame_share + g.maintenance_share) + 100) * STEP_MS
+    start = aligned_start(cfg, span)
+    items = plan(cfg, start_ms=start, step_ms=STEP_MS)
+    # Two work orders 400 ms apart on one device: readings near both get the later one.
+    mid = start + span // 2 + 7
+    extra = [WorkOrder(f"wo-pair-{i}", "dev-0003", mid + 400 * i, kind, "t.test", None, (), ())
+             for i, kind in enumerate(("inspection", "repair"))]
+    gen = produce(cfg, _insert_by_ts(items, extra))
+    versions = _versions(cfg, start, span)
+    assert publish_devices(cfg, versions) == len(versions)
+    run_job([PYTHON, "jobs/pipeline.py", "--config", str(write_config(cfg, tmp))], timeout=600)
+    out = _decoded(cfg, [cfg.topics.joined, cfg.topics.dlq], idle_timeout=3, max_wait=120)
+    want = reference_oracle.expected(
+        gen, versions, reference_oracle.sites(sites_csv), hold_ms=HOLD_MS,
+        before_ms=BEFORE_MS, after_ms=AFTER_MS)
+    return cfg, gen, want, out
+
+
+def _topics(cfg: SluiceConfig) -> dict[str, str]:
+    return {"TELEMETRY": cfg.topics.telemetry, "SENSOR_FRAME": cfg.topics.sensor_frames}
+
+
+def _expected_joined(cfg: SluiceConfig, want: dict[str, dict]) -> dict[str, dict]:
+    if cfg.reference.unknown_device == "flag":
+        return want
+    return {k: w for k, w in want.items() if w["reference_status"] != "MISSING"}
+
+
+def test_the_oracle_covers_every_case(joined_run) -> None:
+    """The data exercise what the test claims: both versions of the recalibrated
+    device, LATE and MISSING readings, an unlisted site, labelled and unlabelled
+    readings, and readings between two work orders."""
+    _, _, want, _ = joined_run
+    w = list(want.values())
+    versions = Counter((x["device_version"], x["calibration_offset_c"]) for x in w
+                       if x["device_id"] == "dev-0000")
+    assert len(versions) == 2 and all(n >= 5 for n in versions.values()), versions
+    assert Counter(x["reference_status"] for x in w if x["device_id"] == "dev-0017").keys() \
+        == {"MISSING", "LATE", "VALID"}
+    assert {x["device_id"] for x in w if x["reference_status"] == "MISSING"} \
+        == {"dev-0017", "dev-0018", "dev-0019"}
+    assert any(x["site_id"] == "site-unlisted" and x["region"] is None for x in w)
+    assert any(x["region"] is not None for x in w)
+    assert any(x["maintenance_event_id"] for x in w) and any(
+        not x["maintenance_event_id"] for x in w)
+    assert any(x["maintenance_event_id"] == "wo-pair-1" for x in w)
+
+
+def test_joined_output_equals_the_oracle(joined_run) -> None:
+    cfg, gen, want, out = joined_run
+    joined = out[cfg.topics.joined]
+    reference_oracle.check(joined, _expected_joined(cfg, want), _topics(cfg))
+    # Readings only: work orders label readings but are not joined records themselves.
+    assert len(joined) + sum(1 for d in out[cfg.topics.dlq] if d["reason"] == "unknown-device") \
+        == len(gen.readings) + len(gen.frames)
+
+
+def test_unknown_devices_are_flagged_or_dead_lettered_never_dropped(joined_run) -> None:
+    cfg, gen, want, out = joined_run
+    missing = [w for w in want.values() if w["reference_status"] == "MISSING"]
+    dead = [d for d in out[cfg.topics.dlq] if d["reason"] == "unknown-device"]
+    others = [d for d in out[cfg.topics.dlq] if d["reason"] != "unknown-device"]
+    assert len(others) == len(gen.corrupt)  # the pipeline's own DLQ is unchanged
+    flagged = [j for j in out[cfg.topics.joined] if j["reference_status"] == "MISSING"]
+    topics = _topics(cfg)
+    if cfg.reference.unknown_device == "flag":
+        assert not dead
+        assert sorted(j["event_id"] for j in flagged) == sorted(w["event_id"] for w in missing)
+    else:
+        assert not flagged
+        assert Counter((d["source_topic"], d["original_key"],
+                        reference_oracle._ms(d["source_timestamp"])) for d in dead) == Counter(
+            (topics[w["source"]], w["device_id"].encode(), w["ts"]) for w in missing)
+        assert all(d["error_class"] == "UnknownDeviceError" and d["original_value"]
+                   for d in dead)
+
+
+def test_oracle_check_fails_on_a_wrong_output(joined_run) -> None:
+    """Negative controls: the check must fail for a record joined with the other
+    version, a missing record, a duplicate, a dropped maintenance label, a wrong price."""
+    cfg, _, want, out = joined_run
+    real = out[cfg.topics.joined]
+    exp, topics = _expected_joined(cfg, want), _topics(cfg)
+
+    def recal(j: dict) -> bool:
+        return j["device_id"] == "dev-0000" and j["calibration_offset_c"] == 1.5
+
+    wrong_version = [dict(j, calibration_offset_c=0.0) if recal(j) else j for j in real]
+    assert wrong_version != real
+    with pytest.raises(AssertionError):
+        reference_oracle.check(wrong_version, exp, topics)
+    with pytest.raises(AssertionError):
+        reference_oracle.check(real[1:], exp, topics)
+    with pytest.raises(AssertionError, match="duplicate"):
+        reference_oracle.check(real + real[:1], exp, topics)
+    i = next(n for n, j in enumerate(real) if j["maintenance_event_id"])
+    with pytest.raises(AssertionError):
+        reference_oracle.check(real[:i] + [dict(real[i], maintenance_event_id=None)] + real[i + 1:],
+                               exp, topics)
+    i = next(n for n, j in enumerate(real) if j["energy_price_per_kwh"] is not None)
+    bumped = dict(real[i], energy_price_per_kwh=real[i]["energy_price_per_kwh"] + 0.01)
+    with pytest.raises(AssertionError):
+        reference_oracle.check(real[:i] + [bumped] + real[i + 1:], exp, topics)
