@@ -7,7 +7,11 @@ and maintenance work orders (interval join)."""
 from __future__ import annotations
 
 import bisect
+import os
 import shutil
+import signal
+import subprocess
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -17,6 +21,8 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 
 from sluice.config import SluiceConfig
 from sluice.generator import (
+    Generated,
+    Reading,
     WorkOrder,
     aligned_start,
     plan,
@@ -189,3 +195,80 @@ def test_oracle_check_fails_on_a_wrong_output(joined_run) -> None:
     bumped = dict(real[i], energy_price_per_kwh=real[i]["energy_price_per_kwh"] + 0.01)
     with pytest.raises(AssertionError):
         reference_oracle.check(real[:i] + [bumped] + real[i + 1:], exp, topics)
+
+
+def _readings(prefix: str, devices: list[str], t0: int, n: int, step: int) -> list[Reading]:
+    return [Reading(f"{prefix}-{i:04d}", devices[i % len(devices)], t0 + i * step,
+                    40.0 + i / 8, 1.25, "OK", 50.0, "1.5.0", 4, "v3") for i in range(n)]
+
+
+def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp_path) -> None:
+    """A running (unbounded) job; readings of phase A are joined with the sites file as
+    it was; then the file changes (a price and a region) and the readings joined after
+    that carry the new values, with no restart. Every output is checked against the
+    oracle with the sites table that was in force when the record was emitted."""
+    sites_csv = tmp_path / "sites.csv"
+    shutil.copy(stack.path(stack.reference.sites_csv), sites_csv)
+    old_sites = reference_oracle.sites(sites_csv)
+    cfg = unique_config(
+        stack, "ref-sites",
+        job={"bounded": False, "startup_mode": "earliest", "python_execution_mode": "process"},
+        quality={"audit": False},
+        # Empty partitions (frames, work orders, the devices topic once read) must not
+        # hold the watermark back for long.
+        window={"idle_timeout_ms": 1_000},
+        reference={"joins": True, "unknown_device_hold_ms": 0, "maintenance_after_ms": 0,
+                   "sites_csv": str(sites_csv), "sites_refresh_s": 0.5},
+    )
+    ensure_topics(cfg)
+    versions = versions_from_csv(cfg.path(cfg.reference.devices_csv))
+    publish_devices(cfg, versions)
+    devices = sorted({v.device_id for v in versions})
+    t0 = aligned_start(cfg, 120_000)
+    # Phase A, then one reading per device 10 s later (covers every partition): the
+    # watermark passes all of A, while the tick readings wait for phase B.
+    phase_a = produce(cfg, _readings("a", devices, t0, 60, 30))
+    ticks_1 = produce(cfg, _readings("tick1", devices, t0 + 10_000, len(devices), 0))
+    proc = subprocess.Popen(
+        [PYTHON, "jobs/pipeline.py", "--config", str(write_config(cfg, tmp_path))],
+        cwd=cfg.base_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    try:
+        def joined_when(n: int) -> list[dict]:
+            out = _decoded(cfg, [cfg.topics.joined],
+                           until=lambda c: c[cfg.topics.joined] >= n, max_wait=180)
+            got = out[cfg.topics.joined]
+            assert proc.poll() is None, f"the job exited with {proc.returncode}"
+            assert len(got) >= n, f"only {len(got)} of {n} joined records within 180 s"
+            return got
+
+        first = joined_when(len(phase_a.readings))
+        assert len(first) == len(phase_a.readings)  # the ticks are still held back
+        text = sites_csv.read_text()
+        sites_csv.write_text(text.replace("eu-north,Europe/Stockholm,0.11",
+                                          "eu-north-2,Europe/Stockholm,0.42"))
+        new_sites = reference_oracle.sites(sites_csv)
+        assert new_sites != old_sites
+        time.sleep(1.5)  # > sites_refresh_s
+        phase_b = produce(cfg, _readings("b", devices, t0 + 12_000, 60, 30))
+        produce(cfg, _readings("tick2", devices, t0 + 30_000, len(devices), 0))
+        n_b = len(ticks_1.readings) + len(phase_b.readings)
+        second = joined_when(len(first) + n_b)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+
+    kw = {"hold_ms": 0, "before_ms": cfg.reference.maintenance_before_ms, "after_ms": 0}
+    want = reference_oracle.expected(phase_a, versions, old_sites, **kw)
+    want.update(reference_oracle.expected(
+        Generated(readings=ticks_1.readings + phase_b.readings), versions, new_sites, **kw))
+    topics = _topics(cfg)
+    reference_oracle.check(second, want, topics)
+    north = [j for j in second if j["site_id"] == "plant-north"]
+    assert {(j["event_id"][0], j["region"], j["energy_price_per_kwh"]) for j in north} == {
+        ("a", "eu-north", 0.11), ("t", "eu-north-2", 0.42), ("b", "eu-north-2", 0.42)}
+    # Negative control: the same output against the unchanged sites table fails.
+    with pytest.raises(AssertionError):
+        reference_oracle.check(second, reference_oracle.expected(
+            Generated(readings=phase_a.readings + ticks_1.readings + phase_b.readings),
+            versions, old_sites, **kw), topics)
