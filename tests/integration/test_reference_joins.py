@@ -272,3 +272,30 @@ def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp
         reference_oracle.check(second, reference_oracle.expected(
             Generated(readings=phase_a.readings + ticks_1.readings + phase_b.readings),
             versions, old_sites, **kw), topics)
+
+
+def test_devices_publish_cli_writes_keyed_versions_stamped_valid_from(
+        stack: SluiceConfig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`sluice devices publish`: one Device upsert per row, key = device id, record
+    timestamp = valid_from, registered under <topic>-value (TopicNameStrategy)."""
+    cfg = unique_config(stack, "ref-cli")
+    csv_path = tmp_path / "devices.csv"
+    csv_path.write_text(
+        "device_id,site_id,device_model,max_temperature_c,installed_at,calibration_offset_c,"
+        "valid_from\n"
+        "dev-a,plant-north,VX-100,75,2024-01-15,,\n"
+        "dev-a,plant-north,VX-100,75,2024-01-15,1.25,2026-03-01T12:00:00\n"
+        "dev-b,plant-south,VX-200,,,,1700000000000\n")
+    out = run_job([PYTHON, "-m", "sluice.cli", "devices", "publish", "--csv", str(csv_path),
+                   "--config", str(write_config(cfg, tmp_path))], timeout=120)
+    assert "published 3 device version(s) of 2 device(s)" in out
+    recs = read_committed(cfg, [cfg.topics.devices], idle_timeout=3)[cfg.topics.devices]
+    with SchemaRegistryClient(cfg.registry.client_conf()) as client:
+        de = AvroDeserializer(client)
+        got = sorted((r.key, r.timestamp_ms, reference_oracle._ms(d["valid_from"]),
+                      d["calibration_offset_c"], d["max_temperature_c"])
+                     for r in recs for d in [de(r.value, None)])
+        assert client.get_latest_version(f"{cfg.topics.devices}-value").version == 1
+    assert got == [(b"dev-a", 1705276800000, 1705276800000, 0.0, 75.0),
+                   (b"dev-a", 1772366400000, 1772366400000, 1.25, 75.0),
+                   (b"dev-b", 1700000000000, 1700000000000, 0.0, None)]
