@@ -232,10 +232,10 @@ def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp
     # watermark passes all of A, while the tick readings wait for phase B.
     phase_a = produce(cfg, _readings("a", devices, t0, 60, 30))
     ticks_1 = produce(cfg, _readings("tick1", devices, t0 + 10_000, len(devices), 0))
+    job_log = (tmp_path / "job.log").open("w")
     proc = subprocess.Popen(
         [PYTHON, "jobs/pipeline.py", "--config", str(write_config(cfg, tmp_path))],
-        cwd=cfg.base_dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        start_new_session=True)
+        cwd=cfg.base_dir, stdout=job_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         beats: list[Reading] = []
 
@@ -255,7 +255,9 @@ def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp
                     break
                 beats.extend(produce(cfg, _readings(f"hb{len(beats)}", devices, beat_ts,
                                                     len(devices), 0)).readings)
-            assert len(got) >= n, f"only {len(got)} of {n} joined records within 240 s"
+            log = (tmp_path / "job.log").read_text(errors="replace")
+            assert len(got) >= n, (f"only {len(got)} of {n} joined records within 240 s; job "
+                                   f"log {tmp_path / 'job.log'}:\n{log[-3000:]}")
             return got
 
         # The watermark trails the newest record by the out-of-orderness bound. A
@@ -279,6 +281,7 @@ def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+        job_log.close()
 
     kw = {"hold_ms": 0, "before_ms": cfg.reference.maintenance_before_ms, "after_ms": 0}
     want = reference_oracle.expected(phase_a, versions, old_sites, **kw)
