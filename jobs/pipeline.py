@@ -36,6 +36,7 @@ if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sluice.config import SluiceConfig, load_config  # noqa: E402
+from sluice.feature_job import add_feature_windows  # noqa: E402
 from sluice.kafka_util import check_transaction_timeout, preflight  # noqa: E402
 from sluice.quality import load_suite, suite_path  # noqa: E402
 from sluice.registry import RetryPolicy, output_schema, read_schema  # noqa: E402
@@ -90,6 +91,10 @@ def flink_configuration(cfg: SluiceConfig) -> Configuration:
                     "RETAIN_ON_CANCELLATION")
     if cfg.checkpoint.dir:
         conf.set_string("execution.checkpointing.dir", cfg.checkpoint.dir)
+    conf.set_string("state.backend.type", cfg.checkpoint.state_backend)
+    if cfg.checkpoint.state_backend == "rocksdb":
+        conf.set_string("execution.checkpointing.incremental",
+                        str(cfg.checkpoint.rocksdb_incremental).lower())
     # A job that fails for good must fail visibly, not restart forever.
     conf.set_string("restart-strategy.type", "fixed-delay")
     conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.job.restart_attempts))
@@ -341,6 +346,9 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
     stmts.add_insert_sql(
         "INSERT INTO alerts_sink SELECT device_id, s.alert_value FROM scored WHERE s.is_alert"
     )
+    # Window features (sluice/feature_job.py), after every earlier statement: appending
+    # keeps the existing operators' uids.
+    add_feature_windows(t_env, stmts, cfg, _sink_ddl)
     if cfg.reference.joins:  # appended: every uid above stays as it was
         from jobs.reference import add_reference_joins
 

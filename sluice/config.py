@@ -215,6 +215,8 @@ class TopicsConfig(_Section):
     # Readings joined with devices, sites and maintenance (reference.joins; issue 4).
     joined: str = "telemetry.joined"
     features: str = "features"
+    # Events later than a feature window's allowed lateness, one LateRecord per window.
+    late: str = "late"
     drift: str = "drift"
     retrain_triggers: str = "retrain-triggers"
     model_updates: str = "model-updates"
@@ -230,7 +232,7 @@ class TopicsConfig(_Section):
     def all(self) -> list[str]:
         return [
             *self.inputs(), self.enriched, self.scores, self.alerts, self.dlq, self.quality,
-            self.dlq_replays, self.devices, self.joined, self.features, self.drift,
+            self.dlq_replays, self.devices, self.joined, self.features, self.late, self.drift,
             self.retrain_triggers, self.model_updates, self.action_dlq,
         ]
 
@@ -248,6 +250,8 @@ class SchemasConfig(_Section):
     # JoinedReading on `telemetry.joined`.
     devices: str = "devices-value/v1.avsc"
     joined: str = "telemetry.joined-value/v1.avsc"
+    features: str = "features-value/v1.avsc"
+    late: str = "late-value/v1.avsc"
 
 
 class CheckpointConfig(_Section):
@@ -256,6 +260,11 @@ class CheckpointConfig(_Section):
     timeout_ms: int = Field(default=120_000, gt=0)
     # None: the cluster's execution.checkpointing.dir (or in-memory on a mini-cluster).
     dir: str | None = None
+    # Where keyed state lives: hashmap (JVM heap; small state) or rocksdb (local disk;
+    # state larger than memory), set by the job on top of the cluster's flink-conf.
+    # rocksdb_incremental: checkpoints upload only the new RocksDB files.
+    state_backend: Literal["hashmap", "rocksdb"] = "hashmap"
+    rocksdb_incremental: bool = True
 
 
 class JobConfig(_Section):

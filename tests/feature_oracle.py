@@ -166,12 +166,20 @@ def _waveform(agg: Agg, frames: list[tuple[np.ndarray, float]]) -> list[float]:
         return [float(m4 / m2**2) if m2 > 0 else 0.0]
     if agg.name == "band_energy":
         assert agg.bands is not None
-        per_frame = []
+        per_frame, weights = [], []
         for x, rate in frames:
-            spectrum = np.abs(np.fft.rfft(x)) ** 2 / len(x)
-            freqs = np.arange(len(spectrum)) * rate / len(x)
-            per_frame.append([float(np.sum(spectrum[(freqs >= lo) & (freqs < hi)])) for lo, hi in agg.bands])
-        return [float(v) for v in np.mean(np.array(per_frame), axis=0)]
+            n = len(x)
+            # One-sided power: every bin but DC and (even n) Nyquist counts twice, so the
+            # bands tiling [0, rate/2] add up to mean(x**2) (Parseval).
+            doubled = np.full(n // 2 + 1, 2.0)
+            doubled[0] = 1.0
+            if n % 2 == 0:
+                doubled[-1] = 1.0
+            power = doubled * np.abs(np.fft.rfft(x)) ** 2 / n**2
+            freqs = np.arange(len(power)) * rate / n
+            per_frame.append([float(np.sum(power[(freqs >= lo) & (freqs < hi)])) for lo, hi in agg.bands])
+            weights.append(n)
+        return [float(v) for v in np.average(np.array(per_frame), axis=0, weights=weights)]
     raise AssertionError(f"not a waveform aggregation: {agg.name}")
 
 

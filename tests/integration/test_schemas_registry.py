@@ -182,7 +182,9 @@ def test_cli_registry_exit_codes(
     runner = CliRunner()
     for name, candidate, code in (("bad", V2_REQUIRED, 1), ("good", V2_OPTIONAL, 0)):
         schemas = tree(tmp_path / name / "schemas", subject, "NONE", V1, candidate)
-        cfg = dump_config(stack.with_overrides(schemas={"dir": schemas}), tmp_path / name / "sluice.yaml")
+        # no feature spec: its fields are checked against schemas.dir, which holds only this subject
+        cfg = dump_config(stack.with_overrides(schemas={"dir": schemas}, features={"spec": None}),
+                          tmp_path / name / "sluice.yaml")
         res = runner.invoke(app, ["schemas", "check", "--config", str(cfg), "--registry", stack.registry.url])
         assert res.exit_code == code, res.output
     # an unreachable registry is a failure, not a pass

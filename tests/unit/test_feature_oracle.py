@@ -325,7 +325,9 @@ WAVE = """\
 
 def test_waveform_features_by_hand() -> None:
     # 4 Hz frames of 4 samples: one-sided bins at 0, 1 and 2 Hz.
-    # [1,-1,1,-1]: all at 2 Hz, |X_2|^2/N = 16/4 = 4.  [3,0,-3,0]: all at 1 Hz, |X_1|^2/N = 36/4 = 9.
+    # Band power c_k |X_k|^2 / N^2 (c = 1 at DC and Nyquist, else 2):
+    # [1,-1,1,-1]: all at 2 Hz (Nyquist), 16/16 = 1.  [3,0,-3,0]: all at 1 Hz, 2 * 36/16 = 4.5;
+    # each frame's bands add up to its mean square (1 and 4.5).
     # Pooled samples 1,-1,1,-1,3,0,-3,0: mean 0, mean square 22/8 = 2.75, 4th moment 166/8 = 20.75.
     events = [frame("d1", 0, [1.0, -1.0, 1.0, -1.0]), frame("d1", 500, [3.0, 0.0, -3.0, 0.0])]
     (v,) = expected_features(events, spec_of(WAVE), out_of_orderness_ms=0).final
@@ -335,8 +337,9 @@ def test_waveform_features_by_hand() -> None:
         "frame.samples.peak": 3.0,
         "frame.samples.crest_factor": 3.0 / math.sqrt(2.75),
         "frame.samples.kurtosis": 20.75 / 2.75**2,
-        "frame.samples.band_energy_0_1.5hz": (0.0 + 9.0) / 2,   # averaged over the 2 frames
-        "frame.samples.band_energy_1.5_3hz": (4.0 + 0.0) / 2,
+        # averaged over the 2 frames, weighted by their sample counts (equal here)
+        "frame.samples.band_energy_0_1.5hz": (0.0 + 4.5) / 2,
+        "frame.samples.band_energy_1.5_3hz": (1.0 + 0.0) / 2,
         "frame.peak_abs_g.max": 3.0,
     })
 
