@@ -205,6 +205,9 @@ def _readings(prefix: str, devices: list[str], t0: int, n: int, step: int) -> li
                     40.0 + i / 8, 1.25, "OK", 50.0, "1.5.0", 4, "v3") for i in range(n)]
 
 
+@pytest.mark.skip(reason="open bug (issue 4): in about 2 of 8 runs the join operator stops "
+                  "emitting after all inputs were idle between the two phases; not in make test "
+                  "until fixed (docs/reference-data.md, 'Open problem')")
 def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp_path) -> None:
     """A running (unbounded) job; readings of phase A are joined with the sites file as
     it was; then the file changes (a price and a region) and the readings joined after
