@@ -349,6 +349,10 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
     # Window features (sluice/feature_job.py), after every earlier statement: appending
     # keeps the existing operators' uids.
     add_feature_windows(t_env, stmts, cfg, _sink_ddl)
+    if cfg.reference.joins:  # appended: every uid above stays as it was
+        from jobs.reference import add_reference_joins
+
+        add_reference_joins(t_env, stmts, cfg, _kafka_props(cfg), _sink_ddl)
     if extend is not None:
         extend(t_env, stmts, cfg)
     stmts.attach_as_datastream()

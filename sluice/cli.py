@@ -21,12 +21,15 @@ stack_app = typer.Typer(help="The local stack: Kafka (KRaft), Apicurio Registry,
 schemas_app = typer.Typer(help="Schemas on disk and in the registry.")
 dlq_app = typer.Typer(help="The dead-letter topic: what failed and why.")
 features_app = typer.Typer(help="The window feature spec (docs/features.md).")
+devices_app = typer.Typer(help="The device registry on the compacted devices topic "
+                          "(docs/reference-data.md).")
 app.add_typer(stack_app, name="stack")
 app.add_typer(schemas_app, name="schemas")
 app.add_typer(dlq_app, name="dlq")
 model_app = typer.Typer(help="Anomaly models and the model registry (docs/models.md).")
 app.add_typer(features_app, name="features")
 app.add_typer(model_app, name="model")
+app.add_typer(devices_app, name="devices")
 console = Console()
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="sluice YAML (default sluice.yaml)")]
@@ -455,6 +458,32 @@ def model_show(
         console.print(f"[red]{escape(str(exc))}[/red]")
         raise typer.Exit(1) from None
     print(json.dumps({"path": str(mv.path), **mv.metadata}, indent=2, sort_keys=True))
+
+
+@devices_app.command("publish")
+def devices_publish(
+    csv_path: Annotated[Path | None, typer.Option(
+        "--csv", help="device CSV (default: reference.devices_csv)")] = None,
+    valid_from: Annotated[str | None, typer.Option(
+        help="valid_from of every row (epoch ms or ISO date/time, UTC); default: the row's "
+             "valid_from, else its installed_at, else now")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Publish device versions as Device Avro upserts (key: device_id, record timestamp:
+    valid_from) on the compacted devices topic."""
+    from sluice.reference import _epoch_ms, publish_devices, versions_from_csv
+
+    cfg = _config(config)
+    path = csv_path or cfg.path(cfg.reference.devices_csv)
+    try:
+        vf = _epoch_ms(valid_from) if valid_from is not None else None
+        versions = versions_from_csv(path, vf)
+        n = publish_devices(cfg, versions)
+    except (OSError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"published {n} device version(s) of "
+                  f"{len({v.device_id for v in versions})} device(s) to {cfg.topics.devices}")
 
 
 @features_app.command("check")

@@ -212,6 +212,8 @@ class TopicsConfig(_Section):
     # Issues 4-5 (schemas registered now, jobs to come): the compacted device registry,
     # window features, drift events, retraining requests and model rollouts.
     devices: str = "devices"
+    # Readings joined with devices, sites and maintenance (reference.joins; issue 4).
+    joined: str = "telemetry.joined"
     features: str = "features"
     # Events later than a feature window's allowed lateness, one LateRecord per window.
     late: str = "late"
@@ -230,7 +232,7 @@ class TopicsConfig(_Section):
     def all(self) -> list[str]:
         return [
             *self.inputs(), self.enriched, self.scores, self.alerts, self.dlq, self.quality,
-            self.dlq_replays, self.devices, self.features, self.late, self.drift,
+            self.dlq_replays, self.devices, self.joined, self.features, self.late, self.drift,
             self.retrain_triggers, self.model_updates, self.action_dlq,
         ]
 
@@ -244,6 +246,10 @@ class SchemasConfig(_Section):
     alerts: str = "alerts-value/v1.avsc"
     dlq: str = "dlq-value/v2.avsc"
     quality: str = "quality-value/v1.avsc"
+    # Reference data (docs/reference-data.md): the Device upserts on `devices`, and the
+    # JoinedReading on `telemetry.joined`.
+    devices: str = "devices-value/v1.avsc"
+    joined: str = "telemetry.joined-value/v1.avsc"
     features: str = "features-value/v1.avsc"
     late: str = "late-value/v1.avsc"
 
@@ -343,7 +349,27 @@ class ModelsConfig(_Section):
 
 
 class ReferenceConfig(_Section):
+    # The device table the Ingest UDF enriches `telemetry.enriched` with, and the input
+    # of `sluice devices publish` (docs/reference-data.md).
     devices_csv: Path = Path("reference/devices.csv")
+    # True: the job also joins readings with the device versions on `topics.devices`
+    # (event-time temporal join), the sites file and maintenance work orders (interval
+    # join) and writes JoinedReading records to `topics.joined`. False: no such operator.
+    joins: bool = False
+    # A reading whose device has no version valid at its event time waits (in event
+    # time) this long for one; then it is emitted with reference_status MISSING or
+    # dead-lettered as `unknown-device` (unknown_device).
+    unknown_device_hold_ms: int = Field(default=60_000, ge=0)
+    unknown_device: Literal["flag", "dead-letter"] = "flag"
+    # site_id,region,timezone,energy_price_per_kwh; re-read when its mtime changes,
+    # checked at most every sites_refresh_s seconds (no restart needed).
+    sites_csv: Path = Path("reference/sites.csv")
+    sites_refresh_s: float = Field(default=10.0, gt=0)
+    # Interval join: a reading is labelled with the latest work order of its device with
+    # ts in [reading ts - maintenance_before_ms, reading ts + maintenance_after_ms].
+    # The reading waits for the watermark to pass ts + maintenance_after_ms.
+    maintenance_before_ms: int = Field(default=3_600_000, ge=0)
+    maintenance_after_ms: int = Field(default=0, ge=0)
 
 
 class GeneratorConfig(_Section):

@@ -76,8 +76,8 @@ def unique_config(cfg: SluiceConfig, name: str, **sections: dict) -> SluiceConfi
     """A config whose topics, group and transactional ids belong to this test alone."""
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
     names = ("telemetry", "sensor_frames", "maintenance", "enriched", "scores", "alerts", "dlq",
-             "quality", "dlq_replays", "devices", "features", "late", "drift", "retrain_triggers",
-             "model_updates")
+             "quality", "dlq_replays", "devices", "joined", "features", "late", "drift",
+             "retrain_triggers", "model_updates")
     topics = {k: f"{tag}.{k}" for k in names}
     job = {
         "name": f"sluice-{tag}",

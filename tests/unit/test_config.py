@@ -31,8 +31,8 @@ def test_repo_config_loads() -> None:
     assert cfg.window.size_ms == raw["window"]["size_ms"]
     assert cfg.job.startup_mode == raw["job"]["startup_mode"]
     names = ("telemetry", "sensor_frames", "maintenance", "enriched", "scores", "alerts", "dlq",
-             "quality", "dlq_replays", "devices", "features", "late", "drift", "retrain_triggers",
-             "model_updates", "action_dlq")
+             "quality", "dlq_replays", "devices", "joined", "features", "late", "drift",
+             "retrain_triggers", "model_updates", "action_dlq")
     assert cfg.topics.all() == [raw["topics"][k] for k in names]
     assert cfg.kafka.sasl_password is None
     # the schema files it points at exist
