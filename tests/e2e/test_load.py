@@ -14,10 +14,11 @@ What must be seen, sampled every half second while it runs:
   0 wrong, no hanging transaction.
 
 Rates are scaled to a 2-core machine where the whole pipeline (Kafka, the JVMs, the
-Python workers and this test's producer) shares the cores. Here the job sustains about
-600-700 records/s in process mode, bounded by the great-expectations audit windows
-(a pandas UDAF, the busiest vertex), so the baseline (150/s) is well below that and
-the burst (1,500/s for 5 s) well above it. The input is encoded before the clock starts, so the
+Python workers and this test's producer) shares the cores. With the window features of
+features.yaml in the job it sustains a few hundred records/s in process mode (the
+great-expectations audit windows and the Python feature windows are the busiest
+vertices), so the baseline (100/s) is well below that and the burst (1,000/s for
+5 s) well above it. The input is encoded before the clock starts, so the
 producer only sends.
 """
 
@@ -48,12 +49,12 @@ from tests.faults import (
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
 
-BASELINE_EPS = 150.0
+BASELINE_EPS = 100.0
 BURST_EPS = 10 * BASELINE_EPS
 BASELINE_S = 20.0  # before the burst
 BURST_S = 5.0
-AFTER_S = 30.0  # baseline again, while the backlog drains
-DRAIN_BOUND_S = 45.0  # after the burst ends, lag is back at the baseline's level
+AFTER_S = 40.0  # baseline again, while the backlog drains
+DRAIN_BOUND_S = 60.0  # after the burst ends, lag is back at the baseline's level
 STEP_MS = 20
 
 

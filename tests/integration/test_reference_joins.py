@@ -89,6 +89,9 @@ def joined_run(request, stack: SluiceConfig, tmp_path_factory):  # type: ignore[
         job={"bounded": True, "startup_mode": "earliest", "python_execution_mode": execution},
         generator={"records": RECORDS},
         quality={"audit": False},
+        # The joins are under test, not the window features (whose session window thread
+        # mode refuses: docs/features.md).
+        features={"spec": None},
         reference={"joins": True, "unknown_device": mode, "unknown_device_hold_ms": HOLD_MS,
                    "maintenance_before_ms": BEFORE_MS, "maintenance_after_ms": AFTER_MS,
                    "sites_csv": str(sites_csv)},
