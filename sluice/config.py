@@ -220,6 +220,8 @@ class TopicsConfig(_Section):
     drift: str = "drift"
     retrain_triggers: str = "retrain-triggers"
     model_updates: str = "model-updates"
+    # Feature vectors scored by a model in the stream (ModelScore; docs/scoring.md).
+    model_scores: str = "model-scores"
     # `sluice actions`: actions that could not be delivered (ActionDeadLetter Avro).
     action_dlq: str = "action-dlq"
     partitions: int = Field(default=2, ge=1)
@@ -233,7 +235,7 @@ class TopicsConfig(_Section):
         return [
             *self.inputs(), self.enriched, self.scores, self.alerts, self.dlq, self.quality,
             self.dlq_replays, self.devices, self.joined, self.features, self.late, self.drift,
-            self.retrain_triggers, self.model_updates, self.action_dlq,
+            self.retrain_triggers, self.model_updates, self.action_dlq, self.model_scores,
         ]
 
 
@@ -252,6 +254,11 @@ class SchemasConfig(_Section):
     joined: str = "telemetry.joined-value/v1.avsc"
     features: str = "features-value/v1.avsc"
     late: str = "late-value/v1.avsc"
+    # The scoring job (docs/scoring.md): ModelScore out, Alert v2 (names the model) out,
+    # ModelUpdate in.
+    model_scores: str = "model-scores-value/v1.avsc"
+    model_alerts: str = "alerts-value/v2.avsc"
+    model_updates: str = "model-updates-value/v1.avsc"
 
 
 class CheckpointConfig(_Section):
@@ -340,6 +347,31 @@ class ScoreConfig(_Section):
     # Used for devices whose reference row has no max_temperature_c.
     default_threshold: float = 80.0
     model_version: str = "threshold-v0"
+
+
+class ScoringConfig(_Section):
+    """The scoring job (jobs/scoring.py, docs/scoring.md): FeatureVectors from
+    ``topics.features`` scored by the model versions announced on ``topics.model_updates``."""
+
+    job_name: str = "sluice-scoring"
+    consumer_group: str = "sluice-scoring"
+    transactional_id_prefix: str = "sluice-scoring"
+    # Models to score with, by name; empty: every model announced on model-updates.
+    models: list[str] = Field(default_factory=list)
+    # Per-device adaptive threshold: an EWMA (weight ``alpha``) of the device's recent
+    # non-alert scores; once ``warmup`` scores are in, the threshold is
+    # min(model threshold, mean - k * std), so a device that is noisy by nature does not
+    # page all day, and no device is ever held to a stricter bar than the model's.
+    alpha: float = Field(default=0.1, gt=0, le=1)
+    k: float = Field(default=3.0, gt=0)
+    warmup: int = Field(default=5, ge=0)
+    # An alert is CRITICAL when the score is this far below the threshold applied.
+    critical_margin: float = Field(default=0.05, ge=0)
+    # Vectors that arrive before any model is announced wait in keyed state; the wait is
+    # retried on a processing-time timer this often.
+    pending_retry_ms: int = Field(default=1_000, gt=0)
+    # Per-device threshold state not updated for this long is dropped (0: never).
+    state_ttl_ms: int = Field(default=7 * 24 * 3600 * 1000, ge=0)
 
 
 class ModelsConfig(_Section):
@@ -508,6 +540,7 @@ class SluiceConfig(BaseModel):
     quality: QualityConfig = QualityConfig()
     features: FeaturesConfig = FeaturesConfig()
     score: ScoreConfig = ScoreConfig()
+    scoring: ScoringConfig = ScoringConfig()
     models: ModelsConfig = ModelsConfig()
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()

@@ -77,7 +77,7 @@ def unique_config(cfg: SluiceConfig, name: str, **sections: dict) -> SluiceConfi
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
     names = ("telemetry", "sensor_frames", "maintenance", "enriched", "scores", "alerts", "dlq",
              "quality", "dlq_replays", "devices", "joined", "features", "late", "drift",
-             "retrain_triggers", "model_updates")
+             "retrain_triggers", "model_updates", "model_scores")
     topics = {k: f"{tag}.{k}" for k in names}
     job = {
         "name": f"sluice-{tag}",
@@ -85,7 +85,13 @@ def unique_config(cfg: SluiceConfig, name: str, **sections: dict) -> SluiceConfi
         "transactional_id_prefix": f"sluice-{tag}",
         **sections.pop("job", {}),
     }
-    return cfg.with_overrides(topics=topics, job=job, **sections)
+    scoring = {
+        "job_name": f"sluice-{tag}-scoring",
+        "consumer_group": f"sluice-{tag}-scoring",
+        "transactional_id_prefix": f"sluice-{tag}-scoring",
+        **sections.pop("scoring", {}),
+    }
+    return cfg.with_overrides(topics=topics, job=job, scoring=scoring, **sections)
 
 
 def write_config(cfg: SluiceConfig, tmp_path: Path) -> Path:
