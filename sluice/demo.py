@@ -73,14 +73,14 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 class _Job:
-    """jobs/pipeline.py in a child process, controlled through its REST endpoint."""
+    """jobs/<script> in a child process, controlled through its REST endpoint."""
 
-    def __init__(self, cfg_path: Path, log: Path):
+    def __init__(self, cfg_path: Path, log: Path, script: str = "pipeline.py"):
         self.port = _free_port()
         self.log = log
         self._log_f = log.open("w")
         self.proc = subprocess.Popen(
-            [sys.executable, str(REPO_ROOT / "jobs" / "pipeline.py"), "--config", str(cfg_path),
+            [sys.executable, str(REPO_ROOT / "jobs" / script), "--config", str(cfg_path),
              "--rest-port", str(self.port)],
             cwd=REPO_ROOT, stdout=self._log_f, stderr=subprocess.STDOUT,
         )
@@ -229,6 +229,8 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     late = _decode_all(cfg, watch.records.get(cfg.topics.late, []))
     savepoint_bytes = sum(f.stat().st_size for f in (out_dir / "savepoints").rglob("*")
                           if f.is_file())
+    scoring = scoring_phase(cfg, cfg_path, out_dir, features, console)
+    rule_alerts = _decode_all(cfg, watch.records.get(cfg.topics.alerts, []))
     summary: dict[str, Any] = {
         "records_in": gen.total,
         "inputs": {topic_of(cfg, src): n for src, n in gen.by_input().items()},
@@ -245,7 +247,16 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
         "features": feature_summary(features),
         "late": {"records": len(late), "by_window": dict(Counter(r["window"] for r in late))},
         "state": {"last_checkpoint": state, "final_savepoint_bytes": savepoint_bytes},
-        "alerts": watch.count(cfg.topics.alerts),
+        "alerts": {
+            "total": len(rule_alerts) + len(scoring["alerts"]),
+            "threshold_rule": len(rule_alerts),
+            "model": len(scoring["alerts"]),
+            "by_severity": dict(Counter(a["severity"] for a in rule_alerts + scoring["alerts"])),
+        },
+        "model_version": scoring["model_version"],
+        "model_scores": scoring["scores"],
+        "model_training": scoring["training"],
+        "drift_events": scoring["drift_events"],
         "throughput_eps": round(gen.total / span, 1),
         "input_rate_eps": cfg.generator.rate_eps,
         "latency_ms_p50": _percentile(latencies, 50),
@@ -260,6 +271,82 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     _latency_chart(latencies, cfg, out_dir / "latency.png")
     _print_summary(console, summary, out_dir)
     return summary
+
+
+def _last_per_window(vectors: list[dict], window: str) -> list[dict]:
+    """The final vector of each (device, window start): a late firing replaces the first."""
+    last: dict[tuple[str, Any], dict] = {}
+    for v in vectors:
+        if v["window"] == window:
+            last[(v["device_id"], v["window_start"])] = v
+    return list(last.values())
+
+
+def scoring_phase(cfg: SluiceConfig, cfg_path: Path, out_dir: Path, vectors: list[dict],
+                  console: Console) -> dict[str, Any]:
+    """Issue 5 in the demo: the model of the first tumbling window (the registry's latest
+    version for the current feature spec, else one trained now on this run's vectors) is
+    announced on model-updates, and jobs/scoring.py scores the features topic with it."""
+    from sluice.model import Registry, train
+    from sluice.model_updates import announce
+    from sluice.scoring import model_ref
+
+    spec = cfg.feature_spec()
+    none = {"model_version": None, "scores": 0, "alerts": [], "training": None,
+            "drift_events": {"events": 0, "drifted": 0, "retrain_triggers": 0}}
+    if spec is None:
+        return none
+    tumbles = [w.name for w in spec.windows if w.kind == "tumble"]
+    if not tumbles:
+        return none
+    window = tumbles[0]
+    rows = _last_per_window(vectors, window)
+    reg = Registry(cfg.path(cfg.models.dir))
+    name = f"iforest-{window}"
+    current = [v for v in reg.versions(name)
+               if v.metadata.get("feature_spec_version") == spec.spec_version()]
+    if current:
+        mv, training = current[-1], f"registry ({current[-1].path})"
+    elif len(rows) >= 2:
+        mv = train(rows, spec, window, reg, name)
+        training = f"trained now on this run's {len(rows)} {window} vectors"
+    else:
+        return none
+    announce(cfg, mv)
+    expected = sum(1 for v in vectors if v["window"] == window)
+    job = _Job(cfg_path, out_dir / "scoring.log", script="scoring.py")
+    got: dict[str, list[Record]] = {}
+    try:
+        with Progress(TextColumn("[bold]{task.description:<34}"), BarColumn(),
+                      MofNCompleteColumn(), TimeElapsedColumn(), console=console) as bar:
+            t_job = bar.add_task("starting the scoring job", total=1)
+            jid = job.wait_running()
+            bar.update(t_job, completed=1, description=f"scoring with {model_ref(mv.name, mv.version)}")
+            t_sc = bar.add_task("vectors scored (read_committed)", total=expected)
+
+            def progress(counts: dict[str, int]) -> bool:
+                bar.update(t_sc, completed=counts[cfg.topics.model_scores])
+                return counts[cfg.topics.model_scores] >= expected or job.proc.poll() is not None
+
+            got = read_committed(cfg, [cfg.topics.model_scores, cfg.topics.alerts,
+                                       cfg.topics.drift, cfg.topics.retrain_triggers],
+                                 until=progress, max_wait=180)
+            if job.proc.poll() is not None:
+                raise job._fail("the scoring job stopped")
+            job.stop_with_drain(jid, out_dir / "savepoints-scoring")
+    finally:
+        job.kill()
+    alerts = [a for a in _decode_all(cfg, got.get(cfg.topics.alerts, []))
+              if a.get("model_name")]
+    drift = _decode_all(cfg, got.get(cfg.topics.drift, []))
+    return {
+        "model_version": model_ref(mv.name, mv.version),
+        "scores": len(got.get(cfg.topics.model_scores, [])),
+        "alerts": alerts,
+        "training": training,
+        "drift_events": {"events": len(drift), "drifted": sum(1 for d in drift if d["drifted"]),
+                         "retrain_triggers": len(got.get(cfg.topics.retrain_triggers, []))},
+    }
 
 
 def feature_summary(vectors: list[dict]) -> dict[str, Any]:
@@ -331,7 +418,12 @@ def _print_summary(console: Console, s: dict[str, Any], out_dir: Path) -> None:
          f'{s["quality"]["blocked_records"]} / {s["quality"]["warned_records"]}'),
         ("quality: GE audit results (min ratio)",
          f'{s["quality"]["audit_results"]} ({s["quality"]["audit_success_ratio_min"]})'),
-        ("window scores / alerts", f'{s["window_scores"]} / {s["alerts"]}'),
+        ("window scores / threshold alerts",
+         f'{s["window_scores"]} / {s["alerts"]["threshold_rule"]}'),
+        ("model (in-stream scoring)", s["model_version"]),
+        ("model scores / model alerts", f'{s["model_scores"]} / {s["alerts"]["model"]}'),
+        ("drift events (drifted)",
+         f'{s["drift_events"]["events"]} ({s["drift_events"]["drifted"]})'),
         ("feature vectors (windows)", f'{s["features"]["vectors"]} ({s["features"]["windows"]})'),
         *((f"  {w}", n) for w, n in s["features"]["by_window"].items()),
         ("late records (feature windows)", s["late"]["records"]),
