@@ -85,7 +85,7 @@ def _ports(cfg: SluiceConfig):  # type: ignore[no-untyped-def]
     return StackPorts(
         kafka=s.kafka_port, kafka_controller=s.kafka_controller_port, registry=s.registry_port,
         registry_management=s.registry_management_port, flink_rest=s.flink_rest_port,
-        flink_rpc=s.flink_rpc_port,
+        flink_rpc=s.flink_rpc_port, redis=s.redis_port,
     )
 
 
@@ -106,6 +106,9 @@ def stack_up(
         help="secured mode: Kafka SASL_SSL (SCRAM-SHA-512), registry HTTPS + basic auth; "
              "certificates and passwords generated into <run_dir>/secrets (docs/security.md)",
     )] = False,
+    redis: Annotated[bool, typer.Option(
+        help="also start redis-server, the online feature store (docs/feature-store.md)",
+    )] = True,
     config: ConfigOpt = None,
 ) -> None:
     """Start the local stack in the background (idempotent)."""
@@ -115,7 +118,7 @@ def stack_up(
     try:
         with console.status("starting the local stack") as spinner:
             st = up(cfg.path(cfg.stack.run_dir), _ports(cfg), flink=flink, secure=secure,
-                    progress=lambda m: spinner.update(m))
+                    redis=redis, progress=lambda m: spinner.update(m))
     except StackError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -127,6 +130,8 @@ def stack_up(
             console.print(f"export {k}={shlex.quote(v)}", soft_wrap=True, markup=False)
         return
     console.print(f"BOOTSTRAP_SERVERS={st.bootstrap_servers}  SCHEMA_REGISTRY_URL={st.registry_url}")
+    if st.components["redis"].running:
+        console.print(f"SLUICE__FEATURE_STORE__REDIS_URL={st.redis_url}")
     if st.flink_rest_url:
         console.print(f"FLINK_CONF_DIR={st.flink_conf_dir}  Flink UI: {st.flink_rest_url}")
 
