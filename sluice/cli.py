@@ -20,7 +20,8 @@ app = typer.Typer(help="sluice: PyFlink telemetry pipelines with a Rust hot path
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft), Apicurio Registry, Flink standalone.")
 schemas_app = typer.Typer(help="Schemas on disk and in the registry.")
 dlq_app = typer.Typer(help="The dead-letter topic: what failed and why.")
-features_app = typer.Typer(help="The window feature spec (docs/features.md).")
+features_app = typer.Typer(help="The window feature spec (docs/features.md) and the online "
+                           "feature store in Redis (docs/feature-store.md).")
 devices_app = typer.Typer(help="The device registry on the compacted devices topic "
                           "(docs/reference-data.md).")
 app.add_typer(stack_app, name="stack")
@@ -533,6 +534,128 @@ def features_check(
                       end_section=i == len(w.features) - 1)
     console.print(t)
     console.print(f"[green]OK[/green]: {sum(len(w.feature_names()) for w in spec.windows)} features")
+
+
+@features_app.command("materialize")
+@_fail_fast
+def features_materialize(
+    config: ConfigOpt = None,
+    once: Annotated[bool, typer.Option(
+        "--once", help="stop at the end offsets seen (bounded: tests, the demo); default: "
+        "run until SIGTERM")] = False,
+    max_wait: Annotated[float | None, typer.Option(
+        "--max-wait", metavar="SECONDS", help="stop after this long whatever happened")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON only")] = False,
+    log: Annotated[bool, typer.Option("--log", help="one line per batch, retry and reset")] = False,
+) -> None:
+    """Materialise the latest FeatureVector per device and window into Redis
+    (docs/feature-store.md).
+
+    Consumes topics.features read_committed in the group feature_store.consumer_group,
+    upserts idempotently (newer window wins; replays change nothing) and commits the
+    offsets after Redis acknowledged. While Redis is down it backs off and keeps its
+    position; SIGTERM finishes the batch in flight and exits 0."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from sluice.feature_store import FeatureStoreError, Materializer
+
+    cfg = _config(config)
+    _preflight(cfg)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    live = None
+    if not as_json and console.is_terminal and not log:
+        live = console.status("waiting for feature vectors")
+        live.start()
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        s = m.summary
+        if log:
+            detail = " ".join(f"{k}={v}" for k, v in data.items() if k != "summary")
+            console.print(f"{kind:<12} {escape(detail)}", highlight=False, soft_wrap=True)
+        if live is not None:
+            live.update(f"read {s.read} · written {s.written} · stale {s.stale} · "
+                        f"retries {s.redis_retries} · resets {s.store_resets}")
+
+    try:
+        m = Materializer(cfg, on_event=on_event)
+        m.install_signal_handlers()
+        summary = m.run(bounded=once, max_wait_s=max_wait)
+    except FeatureStoreError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        if live is not None:
+            live.stop()
+    if as_json:
+        print(json.dumps(summary.to_dict()), flush=True)
+        return
+    t = Table(title=f"sluice features materialize ({cfg.topics.features} → "
+                    f"{cfg.feature_store.redis_url})")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k, v in summary.to_dict().items():
+        t.add_row(k, escape(str(v)))
+    console.print(t)
+
+
+def _fmt_s(v: float | None) -> str:
+    if v is None:
+        return "no expiry"
+    v = float(v)
+    if abs(v) < 120:
+        return f"{v:.1f} s"
+    if abs(v) < 7200:
+        return f"{v / 60:.1f} min"
+    if abs(v) < 172800:
+        return f"{v / 3600:.1f} h"
+    return f"{v / 86400:.1f} d"
+
+
+@features_app.command("get")
+def features_get(
+    device: Annotated[str, typer.Argument(help="device id")],
+    window: Annotated[str | None, typer.Option("--window", "-w", help="one window of the spec")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """The device's latest features from the online store (one table per window), with
+    their age and the TTL left."""
+    import time as _time
+
+    from sluice.feature_store import FeatureStore, StoreUnavailable, UnknownDevice
+
+    cfg = _config(config)
+    try:
+        vectors = FeatureStore(cfg.feature_store).get(device, window)
+    except UnknownDevice as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    except StoreUnavailable as exc:
+        console.print(f"[red]{escape(str(exc))}[/red] (is it running? `sluice stack status`)")
+        raise typer.Exit(2) from None
+    now = int(_time.time() * 1000)
+    if as_json:
+        print(json.dumps([v.to_dict(now) for v in vectors], indent=2))
+        return
+    from datetime import UTC, datetime
+
+    def ts(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+    for v in vectors:
+        t = Table(title=f"{escape(v.device_id)} · {escape(v.window)} ({v.window_kind}) · "
+                        f"{ts(v.window_start)} → {ts(v.window_end)}",
+                  caption=f"{v.event_count} event(s) · site {escape(v.site_id or '-')} · age "
+                          f"{_fmt_s(v.age_s(now))} · TTL left {_fmt_s(v.ttl_left_s)} · "
+                          f"spec {escape(v.feature_spec_version)} · from {escape(v.source)}")
+        t.add_column("feature")
+        t.add_column("value", justify="right")
+        for name, value in sorted(v.features.items()):
+            t.add_row(escape(name), f"{value:.6g}")
+        console.print(t)
 
 
 @app.command()

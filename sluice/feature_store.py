@@ -429,6 +429,7 @@ class Materializer:
         consumer.seek(TopicPartition(self.topic, partition, OFFSET_BEGINNING if to is None else to))
         self._pending = [m for m in self._pending if m.partition() != partition]
         self._eof.discard(partition)
+        self._audit.discard(partition)  # its state is known now
         self._required[partition] = -1 if to is None else to
         self.summary.store_resets += 1
         where = "the beginning" if to is None else f"offset {to}"
@@ -498,9 +499,10 @@ class Materializer:
         return out
 
     # -- one batch ----------------------------------------------------------------------
-    def _process(self, consumer: Consumer, msgs: list[Message], deserialize: Any) -> None:
-        """Decode, upsert, commit. Raises _Retry (nothing committed) when Redis or the
-        registry is unavailable."""
+    def _process(self, consumer: Consumer, msgs: list[Message], deserialize: Any) -> set[int]:
+        """Decode, upsert, commit. Returns the partitions whose state in Redis the batch
+        verified. Raises _Retry (nothing committed) when Redis or the registry is
+        unavailable."""
         from confluent_kafka import KafkaException, TopicPartition
 
         decoded = self._decode(msgs, deserialize)
@@ -553,6 +555,7 @@ class Materializer:
                 log.warning("offset commit failed (%s); the next batch's commit covers it", exc)
         self.on_event("batch", {"records": len(msgs), "written": sum(written),
                                 "stale": len(written) - sum(written), "summary": s})
+        return set(last)
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, *, bounded: bool = False, max_wait_s: float | None = None,
@@ -612,12 +615,13 @@ class Materializer:
                 if not self._pending and not self._audit:
                     continue
                 batch: list[Message] = []
+                verified: set[int] = set()
                 try:
                     if self._audit:
                         self._run_audit(consumer)  # a rewind drops pending records it re-reads
                     batch, self._pending = self._pending, []
                     if batch:
-                        self._process(consumer, batch, deserialize)
+                        verified = self._process(consumer, batch, deserialize)
                 except _Retry as exc:
                     self._pending = batch + self._pending
                     attempts += 1
@@ -641,13 +645,16 @@ class Materializer:
                     self.on_event("recovered", {"after_s": round(took, 3), "retries": attempts})
                     consumer.resume([TopicPartition(self.topic, p) for p in self._assigned])
                     outage_since, attempts, delay = None, 0, 0.0
-                    self._audit |= self._assigned  # Redis may have come back empty
+                    # Redis may have come back empty: check the partitions this batch
+                    # did not.
+                    self._audit |= self._assigned - verified
             if self.stop.is_set() and not s.stopped_by:
                 s.stopped_by = "signal"
         finally:
             if outage_since is not None:
                 s.outage_s += time.monotonic() - outage_since
             consumer.close()
+            registry.close()
             s.elapsed_s = time.monotonic() - t0
         return s
 
