@@ -738,10 +738,11 @@ def demo(
     run_dir = cfg.path(cfg.stack.run_dir)
     started = not status(run_dir).healthy
     try:
-        with console.status("starting the local stack (Kafka + registry)") as spinner:
+        with console.status("starting the local stack (Kafka + registry + Redis)") as spinner:
             st = up(run_dir, _ports(cfg), progress=lambda m: spinner.update(m))
         cfg = cfg.with_overrides(
-            kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url}
+            kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url},
+            feature_store={"redis_url": st.redis_url},
         )
         summary = run_demo(cfg, out_dir=REPO_ROOT / "out" / "demo", console=console)
     except (StackError, DemoError) as exc:

@@ -296,6 +296,20 @@ class FeatureStore:
                 f"feature_store.ttl_s = {self.fs.ttl_s} s")
         return out
 
+    def clear(self) -> int:
+        """Delete every key under the prefix (the absorbed offsets included): what to do
+        when the features topic is deleted and created again. Returns the keys deleted."""
+        n = 0
+        batch: list[str] = []
+        for k in self.r.scan_iter(match=_glob_escape(self.fs.key_prefix) + "*", count=1000):
+            batch.append(k)
+            if len(batch) >= 1000:
+                n += int(self.r.unlink(*batch))
+                batch = []
+        if batch:
+            n += int(self.r.unlink(*batch))
+        return n
+
     def devices(self, limit: int = 1000) -> list[str]:
         """Device ids with an index entry (SCAN; for listings, not the hot path)."""
         pre = self.index_key("")

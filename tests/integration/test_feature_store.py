@@ -269,3 +269,21 @@ def test_cli_materialize_once_and_get(stack: SluiceConfig, tmp_path: Path) -> No
                           str(write_config(down_cfg, tmp_path))], capture_output=True, text=True,
                          timeout=60, env={**os.environ, "COLUMNS": "200"})
     assert bad.returncode == 2 and "unreachable" in bad.stdout
+
+
+def test_demo_hook_materialises_and_counts(stack: SluiceConfig) -> None:
+    from rich.console import Console
+
+    from sluice.demo import demo_feature_store
+
+    cfg = _cfg(stack, "fstore-demo")
+    w = Writer(cfg)
+    w.txn(vectors(random.Random(4), range(0, 5), range(0, 2), dups=3))
+    FeatureStore(cfg.feature_store).upsert({**w.committed[0], "device_id": "left-from-last-run"})
+    got = demo_feature_store(cfg, Console(quiet=True))
+    assert got["read"] == len(w.committed) and got["stopped_by"] == "end-offsets", got
+    assert got["written"] + got["stale"] == got["read"] and got["devices"] == 5, got
+    assert got["example_device"] == "dev-000"
+    down = demo_feature_store(cfg.with_overrides(
+        feature_store={"redis_url": "redis://127.0.0.1:1/0", "socket_timeout_s": 1}), Console(quiet=True))
+    assert "error" in down and "ConnectionError" in down["error"], down
