@@ -15,7 +15,7 @@ APICURIO    := io.apicurio:apicurio-registry-app:3.3.3:tar.gz:all
 RUST_SRC    := $(shell find udfs_rs/src -name '*.rs') udfs_rs/Cargo.toml udfs_rs/Cargo.lock
 PYTEST      := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: help setup deps build demo test test-quick schemas-check cargo-test \
+.PHONY: help setup deps system-deps build demo test test-quick schemas-check cargo-test \
         test-fast bench stack-up stack-down stack-status lint clean distclean
 
 help: ## show this help
@@ -50,7 +50,14 @@ $(DEPS)/apicurio/.done:
 
 deps: $(DEPS)/kafka/.done $(DEPS)/flink-jars/.done $(DEPS)/apicurio/.done ## download the Kafka broker, Flink connector and Apicurio jars (Maven Central)
 
-setup: $(VENV)/.installed deps ## venv + Python deps + Rust build + jars
+# Debian packages the stack runs (Redis: the online feature store, docs/feature-store.md).
+system-deps: ## install redis-server with apt-get when it is missing (needs root)
+	@command -v redis-server >/dev/null || { \
+	    if [ "$$(id -u)" != 0 ]; then echo "redis-server is missing: run 'apt-get install -y redis-server' as root" >&2; exit 1; fi; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server \
+	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }; }
+
+setup: $(VENV)/.installed deps system-deps ## venv + Python deps + Rust build + jars + redis-server
 
 build: $(VENV)/.installed ## (re)build the Rust module into the venv
 	$(VENV)/bin/maturin develop --release --skip-install -q

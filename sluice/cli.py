@@ -20,7 +20,8 @@ app = typer.Typer(help="sluice: PyFlink telemetry pipelines with a Rust hot path
 stack_app = typer.Typer(help="The local stack: Kafka (KRaft), Apicurio Registry, Flink standalone.")
 schemas_app = typer.Typer(help="Schemas on disk and in the registry.")
 dlq_app = typer.Typer(help="The dead-letter topic: what failed and why.")
-features_app = typer.Typer(help="The window feature spec (docs/features.md).")
+features_app = typer.Typer(help="The window feature spec (docs/features.md) and the online "
+                           "feature store in Redis (docs/feature-store.md).")
 devices_app = typer.Typer(help="The device registry on the compacted devices topic "
                           "(docs/reference-data.md).")
 app.add_typer(stack_app, name="stack")
@@ -85,7 +86,7 @@ def _ports(cfg: SluiceConfig):  # type: ignore[no-untyped-def]
     return StackPorts(
         kafka=s.kafka_port, kafka_controller=s.kafka_controller_port, registry=s.registry_port,
         registry_management=s.registry_management_port, flink_rest=s.flink_rest_port,
-        flink_rpc=s.flink_rpc_port,
+        flink_rpc=s.flink_rpc_port, redis=s.redis_port,
     )
 
 
@@ -106,6 +107,9 @@ def stack_up(
         help="secured mode: Kafka SASL_SSL (SCRAM-SHA-512), registry HTTPS + basic auth; "
              "certificates and passwords generated into <run_dir>/secrets (docs/security.md)",
     )] = False,
+    redis: Annotated[bool, typer.Option(
+        help="also start redis-server, the online feature store (docs/feature-store.md)",
+    )] = True,
     config: ConfigOpt = None,
 ) -> None:
     """Start the local stack in the background (idempotent)."""
@@ -115,7 +119,7 @@ def stack_up(
     try:
         with console.status("starting the local stack") as spinner:
             st = up(cfg.path(cfg.stack.run_dir), _ports(cfg), flink=flink, secure=secure,
-                    progress=lambda m: spinner.update(m))
+                    redis=redis, progress=lambda m: spinner.update(m))
     except StackError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -127,6 +131,8 @@ def stack_up(
             console.print(f"export {k}={shlex.quote(v)}", soft_wrap=True, markup=False)
         return
     console.print(f"BOOTSTRAP_SERVERS={st.bootstrap_servers}  SCHEMA_REGISTRY_URL={st.registry_url}")
+    if st.components["redis"].running:
+        console.print(f"SLUICE__FEATURE_STORE__REDIS_URL={st.redis_url}")
     if st.flink_rest_url:
         console.print(f"FLINK_CONF_DIR={st.flink_conf_dir}  Flink UI: {st.flink_rest_url}")
 
@@ -530,6 +536,128 @@ def features_check(
     console.print(f"[green]OK[/green]: {sum(len(w.feature_names()) for w in spec.windows)} features")
 
 
+@features_app.command("materialize")
+@_fail_fast
+def features_materialize(
+    config: ConfigOpt = None,
+    once: Annotated[bool, typer.Option(
+        "--once", help="stop at the end offsets seen (bounded: tests, the demo); default: "
+        "run until SIGTERM")] = False,
+    max_wait: Annotated[float | None, typer.Option(
+        "--max-wait", metavar="SECONDS", help="stop after this long whatever happened")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON only")] = False,
+    log: Annotated[bool, typer.Option("--log", help="one line per batch, retry and reset")] = False,
+) -> None:
+    """Materialise the latest FeatureVector per device and window into Redis
+    (docs/feature-store.md).
+
+    Consumes topics.features read_committed in the group feature_store.consumer_group,
+    upserts idempotently (newer window wins; replays change nothing) and commits the
+    offsets after Redis acknowledged. While Redis is down it backs off and keeps its
+    position; SIGTERM finishes the batch in flight and exits 0."""
+    import logging
+
+    from rich.logging import RichHandler
+
+    from sluice.feature_store import FeatureStoreError, Materializer
+
+    cfg = _config(config)
+    _preflight(cfg)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=console, show_path=False)])
+    live = None
+    if not as_json and console.is_terminal and not log:
+        live = console.status("waiting for feature vectors")
+        live.start()
+
+    def on_event(kind: str, data: dict[str, Any]) -> None:
+        s = m.summary
+        if log:
+            detail = " ".join(f"{k}={v}" for k, v in data.items() if k != "summary")
+            console.print(f"{kind:<12} {escape(detail)}", highlight=False, soft_wrap=True)
+        if live is not None:
+            live.update(f"read {s.read} · written {s.written} · stale {s.stale} · "
+                        f"retries {s.redis_retries} · resets {s.store_resets}")
+
+    try:
+        m = Materializer(cfg, on_event=on_event)
+        m.install_signal_handlers()
+        summary = m.run(bounded=once, max_wait_s=max_wait)
+    except FeatureStoreError as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        if live is not None:
+            live.stop()
+    if as_json:
+        print(json.dumps(summary.to_dict()), flush=True)
+        return
+    t = Table(title=f"sluice features materialize ({cfg.topics.features} → "
+                    f"{cfg.feature_store.redis_url})")
+    t.add_column("what")
+    t.add_column("value", justify="right")
+    for k, v in summary.to_dict().items():
+        t.add_row(k, escape(str(v)))
+    console.print(t)
+
+
+def _fmt_s(v: float | None) -> str:
+    if v is None:
+        return "no expiry"
+    v = float(v)
+    if abs(v) < 120:
+        return f"{v:.1f} s"
+    if abs(v) < 7200:
+        return f"{v / 60:.1f} min"
+    if abs(v) < 172800:
+        return f"{v / 3600:.1f} h"
+    return f"{v / 86400:.1f} d"
+
+
+@features_app.command("get")
+def features_get(
+    device: Annotated[str, typer.Argument(help="device id")],
+    window: Annotated[str | None, typer.Option("--window", "-w", help="one window of the spec")] = None,
+    config: ConfigOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable")] = False,
+) -> None:
+    """The device's latest features from the online store (one table per window), with
+    their age and the TTL left."""
+    import time as _time
+
+    from sluice.feature_store import FeatureStore, StoreUnavailable, UnknownDevice
+
+    cfg = _config(config)
+    try:
+        vectors = FeatureStore(cfg.feature_store).get(device, window)
+    except UnknownDevice as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    except StoreUnavailable as exc:
+        console.print(f"[red]{escape(str(exc))}[/red] (is it running? `sluice stack status`)")
+        raise typer.Exit(2) from None
+    now = int(_time.time() * 1000)
+    if as_json:
+        print(json.dumps([v.to_dict(now) for v in vectors], indent=2))
+        return
+    from datetime import UTC, datetime
+
+    def ts(ms: int) -> str:
+        return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds")
+
+    for v in vectors:
+        t = Table(title=f"{escape(v.device_id)} · {escape(v.window)} ({v.window_kind}) · "
+                        f"{ts(v.window_start)} → {ts(v.window_end)}",
+                  caption=f"{v.event_count} event(s) · site {escape(v.site_id or '-')} · age "
+                          f"{_fmt_s(v.age_s(now))} · TTL left {_fmt_s(v.ttl_left_s)} · "
+                          f"spec {escape(v.feature_spec_version)} · from {escape(v.source)}")
+        t.add_column("feature")
+        t.add_column("value", justify="right")
+        for name, value in sorted(v.features.items()):
+            t.add_row(escape(name), f"{value:.6g}")
+        console.print(t)
+
+
 @app.command()
 @_fail_fast
 def actions(
@@ -610,10 +738,11 @@ def demo(
     run_dir = cfg.path(cfg.stack.run_dir)
     started = not status(run_dir).healthy
     try:
-        with console.status("starting the local stack (Kafka + registry)") as spinner:
+        with console.status("starting the local stack (Kafka + registry + Redis)") as spinner:
             st = up(run_dir, _ports(cfg), progress=lambda m: spinner.update(m))
         cfg = cfg.with_overrides(
-            kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url}
+            kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url},
+            feature_store={"redis_url": st.redis_url},
         )
         summary = run_demo(cfg, out_dir=REPO_ROOT / "out" / "demo", console=console)
     except (StackError, DemoError) as exc:

@@ -49,7 +49,8 @@ class ConfigError(ValueError):
 FLINK_KAFKA_SHADED = "org.apache.flink.kafka.shaded."
 
 #: Secrets are refused in the YAML itself: these keys may only come from env or files.
-SECRET_KEYS = {"kafka": ("sasl_password",), "registry": ("basic_auth",)}
+SECRET_KEYS = {"kafka": ("sasl_password",), "registry": ("basic_auth",),
+               "feature_store": ("password",)}
 
 
 def read_secret_file(path: Path, what: str) -> str:
@@ -516,6 +517,53 @@ class ActionsConfig(_Section):
         return v
 
 
+class FeatureStoreConfig(_Section):
+    """The online feature store: the latest FeatureVector per device and window in Redis,
+    written by `sluice features materialize` from topics.features (docs/feature-store.md)."""
+
+    # redis://host:port/db (rediss:// for TLS, unix:///path.sock). No credentials here:
+    # feature_store.username plus SLUICE_REDIS_PASSWORD / SLUICE_REDIS_PASSWORD_FILE (or
+    # feature_store.password_file).
+    redis_url: str = Field(default="redis://127.0.0.1:16379/0",
+                           pattern=r"^(redis|rediss|unix)://\S+$")
+    username: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    # Every key starts with this: <prefix><device_id>:<window> (a hash) and
+    # <prefix><device_id> (the set of the device's windows).
+    key_prefix: str = Field(default="sluice:fv:", min_length=1)
+    # An entry expires this long after it was last written (also after a catch-up).
+    ttl_s: int = Field(default=86_400, gt=0)
+    # The materializer's consumer group on topics.features (read_committed). A new group
+    # starts at the earliest offset: Kafka is the source of truth.
+    consumer_group: str = Field(default="sluice-feature-store", min_length=1)
+    # Records per Redis pipeline round trip; their offsets are committed after it.
+    batch_size: int = Field(default=500, ge=1, le=100_000)
+    # While Redis (or the registry) fails: retry after backoff_initial_ms, doubling up to
+    # backoff_max_ms, for as long as it takes; the consumer is paused meanwhile.
+    backoff_initial_ms: int = Field(default=200, gt=0)
+    backoff_max_ms: int = Field(default=5_000, gt=0)
+    # Connect and read timeout of one Redis call.
+    socket_timeout_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _no_credentials_in_url(cls, v: str) -> str:
+        from urllib.parse import urlsplit
+
+        if urlsplit(v).password is not None:
+            raise ValueError(
+                "the Redis password must not be in the config file: set feature_store.username "
+                "and SLUICE_REDIS_PASSWORD (or SLUICE_REDIS_PASSWORD_FILE)")
+        return v
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> FeatureStoreConfig:
+        if self.backoff_max_ms < self.backoff_initial_ms:
+            raise ValueError("feature_store.backoff_max_ms must be >= backoff_initial_ms")
+        return self
+
+
 class StackConfig(_Section):
     run_dir: Path = Path(".run")
     kafka_port: int = 19092
@@ -524,6 +572,7 @@ class StackConfig(_Section):
     registry_management_port: int = 18091
     flink_rest_port: int = 18082
     flink_rpc_port: int = 18083
+    redis_port: int = 16379
 
 
 class SluiceConfig(BaseModel):
@@ -545,6 +594,7 @@ class SluiceConfig(BaseModel):
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()
     actions: ActionsConfig = ActionsConfig()
+    feature_store: FeatureStoreConfig = FeatureStoreConfig()
     stack: StackConfig = StackConfig()
     # Relative paths in the file are resolved against this folder.
     base_dir: Path = REPO_ROOT
@@ -561,7 +611,8 @@ class SluiceConfig(BaseModel):
         for section, key, secret in (("kafka", "sasl_password_file", "sasl_password"),
                                      ("kafka", "ssl_ca_file", None),
                                      ("registry", "basic_auth_file", "basic_auth"),
-                                     ("registry", "ssl_ca_file", None)):
+                                     ("registry", "ssl_ca_file", None),
+                                     ("feature_store", "password_file", "password")):
             sec = out.get(section)
             if not isinstance(sec, dict) or sec.get(key) in (None, ""):
                 continue
@@ -691,7 +742,8 @@ def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
     if "SCHEMA_REGISTRY_URL" in env:
         out.setdefault("registry", {})["url"] = env["SCHEMA_REGISTRY_URL"]
     for var, section, key in (("SLUICE_KAFKA_SASL_PASSWORD", "kafka", "sasl_password"),
-                              ("SLUICE_REGISTRY_BASIC_AUTH", "registry", "basic_auth")):
+                              ("SLUICE_REGISTRY_BASIC_AUTH", "registry", "basic_auth"),
+                              ("SLUICE_REDIS_PASSWORD", "feature_store", "password")):
         secret, secret_file = _secret_env(env, var)
         if secret is not None:
             out.setdefault(section, {})[key] = secret
@@ -758,6 +810,7 @@ def load_config(
 
 def dump_config(cfg: SluiceConfig, path: Path) -> Path:
     """Write a config as YAML (secrets left out: they come from the environment)."""
-    data = cfg.model_dump(mode="json", exclude={"kafka": {"sasl_password"}, "registry": {"basic_auth"}})
+    data = cfg.model_dump(mode="json", exclude={"kafka": {"sasl_password"}, "registry": {"basic_auth"},
+                                                "feature_store": {"password"}})
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     return path

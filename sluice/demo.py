@@ -227,6 +227,7 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     quality = _decode_all(cfg, watch.records.get(cfg.topics.quality, []))
     features = _decode_all(cfg, watch.records.get(cfg.topics.features, []))
     late = _decode_all(cfg, watch.records.get(cfg.topics.late, []))
+    store = demo_feature_store(cfg, console)
     savepoint_bytes = sum(f.stat().st_size for f in (out_dir / "savepoints").rglob("*")
                           if f.is_file())
     scoring = scoring_phase(cfg, cfg_path, out_dir, features, console)
@@ -245,6 +246,7 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
         "balanced": gen.total == len(enriched) + len(dlq) and len(ids) == len(enriched),
         "window_scores": watch.count(cfg.topics.scores),
         "features": feature_summary(features),
+        "feature_store": store,
         "late": {"records": len(late), "by_window": dict(Counter(r["window"] for r in late))},
         "state": {"last_checkpoint": state, "final_savepoint_bytes": savepoint_bytes},
         "alerts": {
@@ -349,6 +351,31 @@ def scoring_phase(cfg: SluiceConfig, cfg_path: Path, out_dir: Path, vectors: lis
     }
 
 
+def demo_feature_store(cfg: SluiceConfig, console: Console) -> dict[str, Any]:
+    """Materialise the demo's features topic into Redis (bounded) after the job; the
+    counts, or the error (the demo's pipeline result does not depend on Redis)."""
+    from sluice.feature_store import FeatureStore, FeatureStoreError, materialize
+
+    try:
+        with console.status(f"materialising {cfg.topics.features} into Redis "
+                            f"({cfg.feature_store.redis_url})"):
+            # The demo recreated the topic: the store's entries of the last run go too.
+            FeatureStore(cfg.feature_store).clear()
+            counts = materialize(cfg, bounded=True, max_wait_s=120)
+            store = FeatureStore(cfg.feature_store)
+            devices = store.devices()
+    except (FeatureStoreError, OSError) as exc:
+        return {"error": str(exc)}
+    except Exception as exc:  # redis-py's errors: the demo goes on without the store
+        if type(exc).__module__.startswith("redis"):
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        raise
+    keep = ("read", "written", "stale", "undecodable", "redis_retries", "stopped_by", "elapsed_s")
+    return {**{k: counts[k] for k in keep}, "devices": len(devices),
+            "example_device": devices[0] if devices else None,
+            "redis_url": cfg.feature_store.redis_url}
+
+
 def feature_summary(vectors: list[dict]) -> dict[str, Any]:
     """FeatureVectors written, and the distinct windows they describe (a late firing
     re-emits a window's vector under the same key: the last one is final)."""
@@ -401,6 +428,13 @@ def _latency_chart(latencies: list[int], cfg: SluiceConfig, path: Path) -> None:
     plt.close(fig)
 
 
+def _store_row(fs: dict[str, Any]) -> tuple[str, str]:
+    if "error" in fs:
+        return ("feature store (Redis)", f"[red]not materialised: {fs['error']}[/red]")
+    return ("feature store: read / written / stale",
+            f'{fs["read"]} / {fs["written"]} / {fs["stale"]} ({fs["devices"]} devices)')
+
+
 def _print_summary(console: Console, s: dict[str, Any], out_dir: Path) -> None:
     t = Table(title="sluice demo summary", show_header=False)
     t.add_column(style="bold")
@@ -427,6 +461,7 @@ def _print_summary(console: Console, s: dict[str, Any], out_dir: Path) -> None:
         ("feature vectors (windows)", f'{s["features"]["vectors"]} ({s["features"]["windows"]})'),
         *((f"  {w}", n) for w, n in s["features"]["by_window"].items()),
         ("late records (feature windows)", s["late"]["records"]),
+        _store_row(s["feature_store"]),
         ("state: last checkpoint / final savepoint",
          f'{s["state"]["last_checkpoint"].get("state_size", "?")} B / '
          f'{s["state"]["final_savepoint_bytes"]} B'),
@@ -439,3 +474,6 @@ def _print_summary(console: Console, s: dict[str, Any], out_dir: Path) -> None:
         t.add_row(k, str(v))
     console.print(t)
     console.print(f"summary: {out_dir / 'summary.json'}   chart: {out_dir / 'latency.png'}")
+    if s["feature_store"].get("example_device"):
+        console.print("online features: sluice features get "
+                      f"{s['feature_store']['example_device']}", markup=False)

@@ -40,7 +40,8 @@ def base_config() -> SluiceConfig:
 
 @pytest.fixture(scope="session")
 def stack(base_config: SluiceConfig) -> Iterator[SluiceConfig]:
-    """Kafka + registry: an external one from the environment, else the local stack."""
+    """Kafka + registry + Redis (the feature store): an external one from the environment
+    (SLUICE__FEATURE_STORE__REDIS_URL names its Redis), else the local stack."""
     if _external_stack():
         yield base_config
         return
@@ -49,7 +50,8 @@ def stack(base_config: SluiceConfig) -> Iterator[SluiceConfig]:
     already = status(RUN_DIR).healthy
     st = up(RUN_DIR, stack_ports(), flink=False)
     cfg = base_config.with_overrides(
-        kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url}
+        kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url},
+        feature_store={"redis_url": st.redis_url},
     )
     yield cfg
     if not already:

@@ -8,6 +8,7 @@ Run dir layout::
     run_dir/kafka/{data/, server.properties, log4j2.properties, cluster.id, kafka.log,
                    kafka.out, format.log, pid}
     run_dir/registry/{data/ (H2 database), tmp/, registry.log, pid}
+    run_dir/redis/{redis.conf, redis.log, pid}   (the feature store; nothing persisted)
     run_dir/flink/{conf/, log/, pid/, tmp/, checkpoints/, savepoints/}
 """
 
@@ -76,6 +77,7 @@ STATE_VERSION = 1
 DEFAULT_TIMEOUTS: dict[str, float] = {
     "kafka": 60.0,
     "registry": 90.0,
+    "redis": 20.0,
     "flink-jobmanager": 90.0,
     "flink-taskmanager": 90.0,
 }
@@ -103,6 +105,8 @@ def log_files(run_dir: Path, name: str) -> list[Path]:
         return [d / "kafka.log", d / "kafka.out"]
     if name == "registry":
         return [run_dir / "registry" / "registry.log"]
+    if name == "redis":
+        return [run_dir / "redis" / "redis.log"]
     log_dir = run_dir / "flink" / "log"
     prefix = log_dir / f"flink-{_FLINK_IDENT}-{_FLINK_SERVICE[name]}-0-{_FLINK_HOST}"
     short = name.removeprefix("flink-")
@@ -120,6 +124,8 @@ def _endpoint(name: str, ports: StackPorts, secure: bool = False) -> tuple[int |
     if name == "registry":
         scheme = "https" if secure else "http"
         return ports.registry, f"{scheme}://{LOOPBACK}:{ports.registry}{CCOMPAT_PATH}"
+    if name == "redis":
+        return ports.redis, f"redis://{LOOPBACK}:{ports.redis}/0"
     if name == "flink-jobmanager":
         return ports.flink_rest, f"http://{LOOPBACK}:{ports.flink_rest}"
     return None, None
@@ -252,6 +258,29 @@ def check_registry(
         return False, f"{type(exc).__name__}: {exc}"
 
 
+def check_redis(port: int, timeout: float = 3.0) -> tuple[bool, str]:
+    """PING and DBSIZE over RESP with a plain socket (no client library in the manager)."""
+    import socket
+
+    data = b""
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=timeout) as s:
+            s.sendall(b"PING\r\nDBSIZE\r\n")
+            deadline = time.monotonic() + timeout
+            while data.count(b"\r\n") < 2 and time.monotonic() < deadline:
+                chunk = s.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+    except OSError as exc:
+        return False, f"nothing answers on {LOOPBACK}:{port} ({exc.strerror or exc})"
+    lines = data.split(b"\r\n")
+    if lines[0] != b"+PONG":  # e.g. -LOADING while it starts
+        return False, f"PING answered {lines[0].decode(errors='replace') or 'nothing'!r}"
+    keys = lines[1][1:].decode() if len(lines) > 1 and lines[1][:1] == b":" else "?"
+    return True, f"PONG, {keys} key(s)"
+
+
 def flink_overview(rest_port: int, timeout: float = 3.0) -> dict[str, Any] | None:
     import requests
 
@@ -288,6 +317,8 @@ def check_component(
             return check_kafka(ports.kafka, timeout, secure)
         if name == "registry":
             return check_registry(ports.registry, ports.registry_management, timeout, secure)
+        if name == "redis":
+            return check_redis(ports.redis, timeout)
     except OSError as exc:  # secured mode: a secret file went missing
         return False, f"cannot read the secured mode's secrets: {exc}"
     return check_flink(name, ports.flink_rest, timeout)
@@ -492,6 +523,48 @@ def _registry_spec(
     )
 
 
+def redis_conf(ports: StackPorts, rdir: Path) -> str:
+    """redis.conf of the local feature store. Nothing is persisted (``save ""``, no AOF):
+    the store is a cache derived from the ``features`` topic, and the materializer rebuilds
+    it from Kafka when it finds it empty (docs/feature-store.md). ``dir`` is the run dir
+    anyway, so even a manual SAVE never writes to a system path."""
+    return "\n".join([
+        "# Written by `sluice stack up`; the online feature store (docs/feature-store.md).",
+        f"bind {LOOPBACK}",
+        f"port {ports.redis}",
+        "protected-mode yes",
+        "daemonize no",
+        'logfile ""',  # stdout, which the launcher appends to redis.log
+        f"dir {rdir}",
+        'save ""',
+        "appendonly no",
+        # Keep argv as launched: `down` recognises the process by its config path.
+        "set-proc-title no",
+        "maxmemory 256mb",
+        # A cache of Kafka: evict the entries closest to expiry rather than refuse writes.
+        "maxmemory-policy volatile-ttl",
+        "",
+    ])
+
+
+def _redis_spec(run_dir: Path, ports: StackPorts) -> _Spec:
+    import shutil
+
+    exe = shutil.which("redis-server")
+    if exe is None:
+        raise StackError(
+            "redis-server not found on PATH: the feature store needs Debian's redis-server "
+            "(`make setup` installs it: apt-get install -y redis-server)", component="redis")
+    rdir = run_dir / "redis"
+    rdir.mkdir(parents=True, exist_ok=True)
+    conf = rdir / "redis.conf"
+    _atomic_write(conf, redis_conf(ports, rdir))
+    log = rdir / "redis.log"
+    _rotate(log)
+    return _Spec("redis", [exe, str(conf)], rdir, _base_env(run_dir), ["redis-server", str(conf)],
+                 log, {"redis_server": exe})
+
+
 def _flink_env(run_dir: Path, conf_dir: Path, jdk_home: Path) -> dict[str, str]:
     env = {
         k: v
@@ -638,8 +711,10 @@ def up(
     python: Path | None = None,
     flink_conf_template: Path = FLINK_CONF_TEMPLATE,
     secure: bool = False,
+    redis: bool = True,
 ) -> StackStatus:
-    """Start (or reuse) Kafka + registry (+ Flink when ``flink``) and wait until healthy.
+    """Start (or reuse) Kafka + registry + Redis (+ Flink when ``flink``) and wait until
+    healthy. ``redis=False`` leaves the feature store's redis-server out.
 
     ``secure``: the broker listens with SASL_SSL (SCRAM-SHA-512 over TLS) and the registry
     with HTTPS + basic auth; certificates and passwords are generated into
@@ -653,7 +728,8 @@ def up(
     ports = ports or StackPorts.from_env()
     say: Progress = progress or (lambda _msg: None)
     limits = {**DEFAULT_TIMEOUTS, **(timeouts or {})}
-    wanted = ["kafka", "registry", *(FLINK_COMPONENTS if flink else ())]
+    wanted = ["kafka", "registry", *(["redis"] if redis else []),
+              *(FLINK_COMPONENTS if flink else ())]
     reused: list[str] = []
 
     with _locked(run_dir):
@@ -714,6 +790,8 @@ def up(
                     specs.append(_kafka_spec(run_dir, ports, deps_dir, say, sec))
                 elif name == "registry":
                     specs.append(_registry_spec(run_dir, ports, deps_dir, sec))
+                elif name == "redis":
+                    specs.append(_redis_spec(run_dir, ports))
             fl = [n for n in to_start if n in FLINK_COMPONENTS]
             if fl:
                 specs += _flink_specs(
@@ -791,7 +869,7 @@ def down(
         stopped: list[str] = []
         # Flink first (its jobs talk to Kafka/registry), then the rest.
         alive: list[str] = []
-        for group in (("flink-taskmanager", "flink-jobmanager"), ("registry", "kafka")):
+        for group in (("flink-taskmanager", "flink-jobmanager"), ("redis", "registry", "kafka")):
             done, left = _stop(run_dir, state, list(group), say, timeout=timeout)
             stopped += done
             alive += left

@@ -10,7 +10,9 @@ if TYPE_CHECKING:
     from .security import SecureMaterial
 
 #: Start order. `down` stops in the reverse order.
-COMPONENTS: tuple[str, ...] = ("kafka", "registry", "flink-jobmanager", "flink-taskmanager")
+COMPONENTS: tuple[str, ...] = (
+    "kafka", "registry", "redis", "flink-jobmanager", "flink-taskmanager",
+)
 FLINK_COMPONENTS: tuple[str, ...] = ("flink-jobmanager", "flink-taskmanager")
 
 #: The Confluent-compatible API of Apicurio Registry, relative to its HTTP root.
@@ -40,6 +42,8 @@ class StackPorts:
     registry_management: int = 18091
     flink_rest: int = 18082
     flink_rpc: int = 18083
+    #: redis-server: the online feature store (docs/feature-store.md).
+    redis: int = 16379
 
     def for_component(self, component: str) -> dict[str, int]:
         """The ports a component listens on, by field name (empty for the TaskManager)."""
@@ -49,6 +53,7 @@ class StackPorts:
                 "registry": self.registry,
                 "registry_management": self.registry_management,
             },
+            "redis": {"redis": self.redis},
             "flink-jobmanager": {"flink_rest": self.flink_rest, "flink_rpc": self.flink_rpc},
             "flink-taskmanager": {},
         }[component]
@@ -134,6 +139,8 @@ class StackStatus:
         """Environment that points sluice (CLI, jobs, tests) at this stack. In secured
         mode only paths of secret files, never a secret (docs/security.md)."""
         env = {"BOOTSTRAP_SERVERS": self.bootstrap_servers, "SCHEMA_REGISTRY_URL": self.registry_url}
+        if self.components.get("redis", ComponentStatus("redis")).running:
+            env["SLUICE__FEATURE_STORE__REDIS_URL"] = self.redis_url
         if self.secrets is None:
             return env
         from .security import KAFKA_CLIENT_USER, SCRAM_MECHANISM
@@ -149,6 +156,11 @@ class StackStatus:
             "SLUICE_REGISTRY_BASIC_AUTH_FILE": str(m.registry_auth),
         })
         return env
+
+    @property
+    def redis_url(self) -> str:
+        """The feature store's Redis (database 0), what ``feature_store.redis_url`` takes."""
+        return f"redis://{LOOPBACK}:{self.ports.redis}/0"
 
     @property
     def flink_rest_url(self) -> str:
@@ -177,6 +189,7 @@ class StackStatus:
             "healthy": self.healthy,
             "bootstrap_servers": self.bootstrap_servers,
             "registry_url": self.registry_url,
+            "redis_url": self.redis_url,
             "flink_rest_url": self.flink_rest_url,
             "flink_conf_dir": str(self.flink_conf_dir) if self.flink_conf_dir else None,
             "secure": self.secure,

@@ -398,7 +398,8 @@ def test_up_refuses_to_change_ports_of_running_component(
 def test_status_of_empty_run_dir(tmp_path: Path) -> None:
     st = status(tmp_path)
     assert not st.healthy and st.running == []
-    assert set(st.components) == {"kafka", "registry", "flink-jobmanager", "flink-taskmanager"}
+    assert set(st.components) == {"kafka", "registry", "redis", "flink-jobmanager",
+                                  "flink-taskmanager"}
     assert st.bootstrap_servers == "127.0.0.1:19092"
     assert st.registry_url == "http://127.0.0.1:18081/apis/ccompat/v7"
     assert st.flink_rest_url == "http://127.0.0.1:18082"
