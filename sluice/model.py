@@ -137,9 +137,10 @@ def to_dataset(rows: Iterable[dict[str, Any]], feature_names: Sequence[str], *,
 
 # --- reference distributions, metrics ------------------------------------------------------
 def reference_distribution(values: np.ndarray, bins: int = REFERENCE_BINS) -> dict[str, Any]:
-    """Per feature, for PSI and KS drift checks: interior quantile bin edges and the share
-    of training values per bin (bins are (-inf, e0], (e0, e1], ..., (e_k, inf)), the 0..100
-    percentiles (an approximate CDF for KS), and the missing share."""
+    """Per feature, for PSI and KS drift checks (sluice/drift.py): interior quantile bin
+    edges and the share of training values per bin (bins are (-inf, e0], (e0, e1], ...,
+    (e_k, inf)), the 0..100 percentiles, the exact training CDF at the distinct percentile
+    values (``cdf``: {x, p}, p = share of values <= x; the KS grid), and the missing share."""
     finite = values[~np.isnan(values)]
     out: dict[str, Any] = {"count": int(finite.size),
                            "missing_rate": float(1 - finite.size / values.size) if values.size else 1.0}
@@ -148,11 +149,14 @@ def reference_distribution(values: np.ndarray, bins: int = REFERENCE_BINS) -> di
     edges = np.unique(np.quantile(finite, [i / bins for i in range(1, bins)]))
     idx = np.searchsorted(edges, finite, side="left")  # x <= e_i -> bin i
     counts = np.bincount(idx, minlength=edges.size + 1)
+    grid = np.unique(np.quantile(finite, REFERENCE_QUANTILES))
+    below = np.searchsorted(np.sort(finite), grid, side="right")  # values <= x
     return {**out,
             "mean": float(finite.mean()), "std": float(finite.std()),
             "edges": edges.tolist(), "proportions": (counts / finite.size).tolist(),
             "quantiles": {"q": list(REFERENCE_QUANTILES),
-                          "values": np.quantile(finite, REFERENCE_QUANTILES).tolist()}}
+                          "values": np.quantile(finite, REFERENCE_QUANTILES).tolist()},
+            "cdf": {"x": grid.tolist(), "p": (below / finite.size).tolist()}}
 
 
 def _metrics(scores: np.ndarray, threshold: float, labels: np.ndarray | None) -> dict[str, float]:
