@@ -395,7 +395,7 @@ class RetrainService:
             producer.begin_transaction()
             if d.announces and mv is not None:
                 extra = {f"guard.{k}": float(v) for k, v in d.guard.items()
-                         if isinstance(v, int | float) and not isinstance(v, bool)}
+                         if isinstance(v, int | float)}  # bool ok -> 1.0 / 0.0
                 producer_send(producer, self.cfg, enc,
                               model_update_record(mv, d.previous_version, extra_metrics=extra))
             producer.send_offsets_to_transaction(
