@@ -361,7 +361,7 @@ class DriftConfig(_Section):
     window_ms: int = Field(default=600_000, gt=0)
     slide_ms: int = Field(default=120_000, gt=0)
     # A window with fewer values of a feature is not evaluated for it (no DriftEvent).
-    min_samples: int = Field(default=100, ge=1)
+    min_samples: int = Field(default=200, ge=1)
     # Retrain when a feature drifted in k_windows consecutive windows...
     k_windows: int = Field(default=3, ge=1)
     # ...and no retrain of the same model was triggered in the last cooldown_ms.
