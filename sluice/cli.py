@@ -466,6 +466,33 @@ def model_show(
     print(json.dumps({"path": str(mv.path), **mv.metadata}, indent=2, sort_keys=True))
 
 
+@model_app.command("publish")
+@_fail_fast
+def model_publish(
+    name: Annotated[str, typer.Argument(help="model name")],
+    version: Annotated[int | None, typer.Option(help="version (default: the latest)")] = None,
+    previous: Annotated[str | None, typer.Option(
+        help="previous_version to state (default: the last one announced on the topic)")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Announce a registry version on the model-updates topic (hot swap; docs/drift.md)."""
+    from sluice.model import ModelError
+    from sluice.model_updates import announce
+
+    cfg = _config(config)
+    try:
+        mv = _registry(cfg).get(name, version)
+        _preflight(cfg)
+        rec = announce(cfg, mv) if previous is None else announce(cfg, mv, previous)
+    except (ModelError, RuntimeError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"[green]announced {escape(mv.name)} version {mv.version}[/green] on "
+                  f"{escape(cfg.topics.model_updates)} (previous: {rec['previous_version'] or '-'}, "
+                  f"sha256 {rec['artifact_sha256'][:12]}…)")
+    print(json.dumps(rec))
+
+
 @devices_app.command("publish")
 def devices_publish(
     csv_path: Annotated[Path | None, typer.Option(

@@ -381,6 +381,56 @@ class ModelsConfig(_Section):
     dir: Path = Path("models")
 
 
+class DriftConfig(_Section):
+    """Drift of the scored features against the model's training reference, and when it
+    asks for a retrain (sluice/drift.py, docs/drift.md). Times are event time."""
+
+    # A window drifted for a feature when PSI > psi_threshold or KS > ks_threshold.
+    # PSI: < 0.1 stable, 0.1-0.2 moderate, > 0.2 a shift (a mean shift of ~0.45 sd).
+    psi_threshold: float = Field(default=0.2, gt=0)
+    # KS statistic (largest CDF gap): 0.2 is a mean shift of ~0.5 sd of a normal feature.
+    ks_threshold: float = Field(default=0.2, gt=0, le=1)
+    # Sliding windows of window_ms every slide_ms (window_ms a multiple of slide_ms).
+    window_ms: int = Field(default=600_000, gt=0)
+    slide_ms: int = Field(default=120_000, gt=0)
+    # A window with fewer values of a feature is not evaluated for it (no DriftEvent).
+    min_samples: int = Field(default=200, ge=1)
+    # Retrain when a feature drifted in k_windows consecutive windows...
+    k_windows: int = Field(default=3, ge=1)
+    # ...and no retrain of the same model was triggered in the last cooldown_ms.
+    cooldown_ms: int = Field(default=3_600_000, ge=0)
+
+    @model_validator(mode="after")
+    def _windows_line_up(self) -> DriftConfig:
+        if self.window_ms % self.slide_ms:
+            raise ValueError(f"drift.window_ms ({self.window_ms}) must be a multiple of "
+                             f"drift.slide_ms ({self.slide_ms})")
+        return self
+
+
+class RetrainConfig(_Section):
+    """`jobs/retrain.py`: retrain triggers -> a candidate model -> published or refused
+    (docs/drift.md)."""
+
+    # Consumer group on topics.retrain_triggers; also the transactional.id of the producer
+    # that writes ModelUpdates and commits the trigger's offset in one transaction.
+    consumer_group: str = Field(default="sluice-retrain", min_length=1,
+                                pattern=r"^[A-Za-z0-9._-]+$")
+    # Training rows: the model window's FeatureVectors with window_start >= the trigger's
+    # window_start - lookback_ms (the drifted period onwards), at most max_rows newest.
+    lookback_ms: int = Field(default=0, ge=0)
+    max_rows: int = Field(default=200_000, gt=0)
+    # Fewer rows: the trigger is refused (too-few-rows), nothing is trained.
+    min_rows: int = Field(default=200, ge=2)
+    # Refuse the candidate when its holdout metric is worse than the active model's on the
+    # same holdout by more than this (labels: ROC AUC, else calibration error
+    # |anomaly_rate - contamination|; docs/drift.md).
+    max_regression: float = Field(default=0.02, ge=0)
+    # Where handled trigger ids are remembered (relative to the config's folder; default
+    # <models.dir>/.retrain/ledger.jsonl).
+    ledger: Path | None = None
+
+
 class ReferenceConfig(_Section):
     # The device table the Ingest UDF enriches `telemetry.enriched` with, and the input
     # of `sluice devices publish` (docs/reference-data.md).
@@ -591,6 +641,8 @@ class SluiceConfig(BaseModel):
     score: ScoreConfig = ScoreConfig()
     scoring: ScoringConfig = ScoringConfig()
     models: ModelsConfig = ModelsConfig()
+    drift: DriftConfig = DriftConfig()
+    retrain: RetrainConfig = RetrainConfig()
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()
     actions: ActionsConfig = ActionsConfig()

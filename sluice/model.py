@@ -137,9 +137,10 @@ def to_dataset(rows: Iterable[dict[str, Any]], feature_names: Sequence[str], *,
 
 # --- reference distributions, metrics ------------------------------------------------------
 def reference_distribution(values: np.ndarray, bins: int = REFERENCE_BINS) -> dict[str, Any]:
-    """Per feature, for PSI and KS drift checks: interior quantile bin edges and the share
-    of training values per bin (bins are (-inf, e0], (e0, e1], ..., (e_k, inf)), the 0..100
-    percentiles (an approximate CDF for KS), and the missing share."""
+    """Per feature, for PSI and KS drift checks (sluice/drift.py): interior quantile bin
+    edges and the share of training values per bin (bins are (-inf, e0], (e0, e1], ...,
+    (e_k, inf)), the 0..100 percentiles, the exact training CDF at the distinct percentile
+    values (``cdf``: {x, p}, p = share of values <= x; the KS grid), and the missing share."""
     finite = values[~np.isnan(values)]
     out: dict[str, Any] = {"count": int(finite.size),
                            "missing_rate": float(1 - finite.size / values.size) if values.size else 1.0}
@@ -148,11 +149,14 @@ def reference_distribution(values: np.ndarray, bins: int = REFERENCE_BINS) -> di
     edges = np.unique(np.quantile(finite, [i / bins for i in range(1, bins)]))
     idx = np.searchsorted(edges, finite, side="left")  # x <= e_i -> bin i
     counts = np.bincount(idx, minlength=edges.size + 1)
+    grid = np.unique(np.quantile(finite, REFERENCE_QUANTILES))
+    below = np.searchsorted(np.sort(finite), grid, side="right")  # values <= x
     return {**out,
             "mean": float(finite.mean()), "std": float(finite.std()),
             "edges": edges.tolist(), "proportions": (counts / finite.size).tolist(),
             "quantiles": {"q": list(REFERENCE_QUANTILES),
-                          "values": np.quantile(finite, REFERENCE_QUANTILES).tolist()}}
+                          "values": np.quantile(finite, REFERENCE_QUANTILES).tolist()},
+            "cdf": {"x": grid.tolist(), "p": (below / finite.size).tolist()}}
 
 
 def _metrics(scores: np.ndarray, threshold: float, labels: np.ndarray | None) -> dict[str, float]:
@@ -316,6 +320,15 @@ class TrainParams:
     seed: int = 0
 
 
+def split(ds: Dataset, holdout: float) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, holdout rows): the newest ``holdout`` share by window_start holds out."""
+    if not 0 <= holdout < 1:
+        raise ModelError(f"holdout must be in [0, 1), got {holdout}")
+    order = np.argsort(ds.window_start, kind="stable")
+    n_hold = int(len(order) * holdout)
+    return order[: len(order) - n_hold], order[len(order) - n_hold:]
+
+
 def fit(ds: Dataset, params: TrainParams = TrainParams()
         ) -> tuple[IsolationForest, np.ndarray, dict[str, Any]]:
     """Fit on the older part of ``ds`` (by window_start), evaluate on the newest ``holdout``
@@ -323,11 +336,8 @@ def fit(ds: Dataset, params: TrainParams = TrainParams()
     import sklearn
     from sklearn.ensemble import IsolationForest
 
-    if not 0 <= params.holdout < 1:
-        raise ModelError(f"holdout must be in [0, 1), got {params.holdout}")
-    order = np.argsort(ds.window_start, kind="stable")
-    n_hold = int(len(order) * params.holdout)
-    train_idx, hold_idx = order[: len(order) - n_hold], order[len(order) - n_hold:]
+    train_idx, hold_idx = split(ds, params.holdout)
+    n_hold = len(hold_idx)
     if len(train_idx) < 2:
         raise ModelError(f"{len(train_idx)} training rows; need at least 2")
     Xtr = ds.X[train_idx]
@@ -374,8 +384,6 @@ def train(rows: Iterable[dict[str, Any]], spec: FeatureSpec, window: str, regist
           name: str | None = None, params: TrainParams = TrainParams()) -> ModelVersion:
     """Train on the FeatureVectors of ``window`` and publish the next version of ``name``
     (default: ``iforest-<window>``)."""
-    import joblib
-
     try:
         feature_names = spec.window(window).feature_names()
     except KeyError as exc:
@@ -383,17 +391,25 @@ def train(rows: Iterable[dict[str, Any]], spec: FeatureSpec, window: str, regist
     spec_version = spec.spec_version()
     ds = to_dataset(rows, feature_names, window=window, spec_version=spec_version)
     model, medians, meta = fit(ds, params)
-    export = json.dumps(export_isolation_forest(model, medians, ds.feature_names, meta["threshold"]),
-                        separators=(",", ":"))
-    buf = _joblib_bytes(joblib, model)
     name = name or f"iforest-{window}"
-    meta.update({
-        "name": name, "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
-        "window": window, "feature_spec_version": spec_version,
-        "export_format": EXPORT_FORMAT, "export_format_version": EXPORT_FORMAT_VERSION,
-        "export_sha256": hashlib.sha256(export.encode()).hexdigest(),
-    })
-    return registry.publish(name, {"model.json": export.encode(), "sklearn.joblib": buf}, meta)
+    files, meta = package(model, medians, meta, name=name, window=window, spec_version=spec_version)
+    return registry.publish(name, files, meta)
+
+
+def package(model: IsolationForest, medians: np.ndarray, meta: dict[str, Any], *, name: str,
+            window: str, spec_version: str) -> tuple[dict[str, bytes], dict[str, Any]]:
+    """The files of a registry version (export, joblib) and its metadata, from ``fit``'s
+    results: what :meth:`Registry.publish` takes."""
+    import joblib
+
+    export = json.dumps(export_isolation_forest(model, medians, meta["feature_names"],
+                                                meta["threshold"]), separators=(",", ":"))
+    meta = {**meta,
+            "name": name, "created_at": datetime.now(UTC).isoformat(timespec="milliseconds"),
+            "window": window, "feature_spec_version": spec_version,
+            "export_format": EXPORT_FORMAT, "export_format_version": EXPORT_FORMAT_VERSION,
+            "export_sha256": hashlib.sha256(export.encode()).hexdigest()}
+    return {"model.json": export.encode(), "sklearn.joblib": _joblib_bytes(joblib, model)}, meta
 
 
 def _joblib_bytes(joblib: Any, model: Any) -> bytes:
@@ -406,6 +422,6 @@ def _joblib_bytes(joblib: Any, model: Any) -> bytes:
 
 __all__ = [
     "Dataset", "EXPORT_FORMAT", "EXPORT_FORMAT_VERSION", "ModelError", "ModelVersion", "Registry",
-    "SCORE_KIND", "TrainParams", "export_isolation_forest", "fit", "impute", "read_jsonl",
-    "read_topic", "reference_distribution", "to_dataset", "train",
+    "SCORE_KIND", "TrainParams", "export_isolation_forest", "fit", "impute", "package", "read_jsonl",
+    "read_topic", "reference_distribution", "split", "to_dataset", "train",
 ]

@@ -11,7 +11,6 @@ its digest. The scorer refuses an artifact whose digest differs.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -81,26 +80,22 @@ class LoadedModel:
 
 def load_announced(update: Mapping[str, Any], registry_root: Path) -> LoadedModel:
     """The model a ModelUpdate announces, verified against its digest."""
+    from sluice.model import ModelError as RegistryError
+    from sluice.model_updates import load_artifact
     from sluice.native import IsolationForestModel, ModelError
 
-    path = artifact_path(str(update["artifact_uri"]), registry_root)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise ModelLoadError(f"{update['model_name']} v{update['version']}: cannot read "
-                             f"{path}: {exc.strerror}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != update["artifact_sha256"]:
-        raise ModelLoadError(f"{update['model_name']} v{update['version']}: {path} has sha256 "
-                             f"{digest[:12]}…, the announcement says "
-                             f"{str(update['artifact_sha256'])[:12]}…")
+        text = load_artifact(update, registry_root)
+    except RegistryError as exc:
+        raise ModelLoadError(f"{update['model_name']} v{update['version']}: {exc}") from None
+    path = artifact_path(str(update["artifact_uri"]), registry_root)
     meta_path = path.parent / "metadata.json"
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"{meta_path}: {exc}") from None
     try:
-        scorer = IsolationForestModel(data.decode())
+        scorer = IsolationForestModel(text)
     except ModelError as exc:
         raise ModelLoadError(f"{path}: {exc}") from None
     names = scorer.feature_names or meta.get("feature_names")

@@ -12,7 +12,7 @@ import pytest
 
 from sluice.config import load_config
 from sluice.model import Registry, TrainParams, train
-from sluice.model_updates import update_record
+from sluice.model_updates import model_update_record
 from sluice.scoring import (
     AdaptivePolicy,
     Baseline,
@@ -41,8 +41,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, Registry, An
 
 def test_announced_model_loads_and_scores_like_the_registry(trained: Any) -> None:
     cfg, reg, mv = trained
-    upd = update_record(mv, reg.root)
-    assert upd["artifact_uri"] == f"{MODEL}/1/model.json"  # relative to the registry root
+    upd = model_update_record(mv)
+    assert upd["artifact_uri"] == (mv.path.resolve() / "model.json").as_uri()
+    # A path relative to the registry root names the same artifact.
+    rel = load_announced({**upd, "artifact_uri": f"{MODEL}/1"}, reg.root)
+    assert rel.ref == f"{MODEL}/v1"
     m = load_announced(upd, reg.root)
     assert (m.name, m.version, m.window, m.ref) == (MODEL, 1, WINDOW, f"{MODEL}/v1")
     v = synthetic_vectors(cfg, devices=1, windows=1, seed=9)[0]
@@ -53,7 +56,7 @@ def test_announced_model_loads_and_scores_like_the_registry(trained: Any) -> Non
 
 def test_announced_model_with_another_digest_is_refused(trained: Any, tmp_path: Path) -> None:
     _, reg, mv = trained
-    upd = {**update_record(mv, reg.root), "artifact_sha256": "0" * 64}
+    upd = {**model_update_record(mv), "artifact_sha256": "0" * 64}
     with pytest.raises(ModelLoadError, match="sha256"):
         load_announced(upd, reg.root)
     with pytest.raises(ModelLoadError, match="cannot read"):
@@ -120,7 +123,7 @@ def test_ids_are_deterministic() -> None:
 def _scored(trained: Any) -> tuple[list[dict[str, Any]], list[tuple[int, dict[str, Any]]],
                                    list[dict[str, Any]]]:
     cfg, reg, mv = trained
-    m = load_announced(update_record(mv, reg.root), reg.root)
+    m = load_announced(model_update_record(mv), reg.root)
     vectors = synthetic_vectors(cfg, devices=3, windows=4, seed=5, shift=2.0)
     pol = AdaptivePolicy(warmup=100)
     scores, alerts = [], []
@@ -174,7 +177,7 @@ def test_check_scores_fails_when_a_partition_goes_back_a_version(trained: Any) -
     mv2 = train(synthetic_vectors(cfg, devices=5, windows=30, seed=8), cfg.feature_spec(), WINDOW,
                 reg, MODEL, TrainParams(n_estimators=20, seed=4))
     try:
-        m2 = load_announced(update_record(mv2, reg.root), reg.root)
+        m2 = load_announced(model_update_record(mv2), reg.root)
         # Partition 0: v2 then v1 again.
         idx = [i for i, (p, _) in enumerate(scores) if p == 0]
         p, s = scores[idx[0]]
@@ -199,6 +202,6 @@ def test_check_scores_fails_when_a_partition_goes_back_a_version(trained: Any) -
 
 def test_update_record_is_json_shaped(trained: Any) -> None:
     _, reg, mv = trained
-    rec = update_record(mv, reg.root, previous_version=None)
+    rec = model_update_record(mv, previous_version=None)
     json.dumps(rec)
     assert rec["version"] == "1" and rec["artifact_sha256"] == mv.metadata["export_sha256"]
