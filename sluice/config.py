@@ -260,6 +260,8 @@ class SchemasConfig(_Section):
     model_scores: str = "model-scores-value/v1.avsc"
     model_alerts: str = "alerts-value/v2.avsc"
     model_updates: str = "model-updates-value/v1.avsc"
+    drift: str = "drift-value/v1.avsc"
+    retrain_triggers: str = "retrain-triggers-value/v1.avsc"
 
 
 class CheckpointConfig(_Section):

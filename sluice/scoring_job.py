@@ -31,6 +31,7 @@ from pyflink.common import Row, Types
 from pyflink.datastream import OutputTag
 from pyflink.datastream.functions import (
     KeyedBroadcastProcessFunction,
+    KeyedProcessFunction,
     KeySelector,
     MapFunction,
     RuntimeContext,
@@ -60,6 +61,10 @@ KV_TYPE = Types.ROW_NAMED(["k", "v"], [Types.STRING(), Types.PRIMITIVE_ARRAY(Typ
 PICKLED = Types.PICKLED_BYTE_ARRAY()
 MODELS = MapStateDescriptor("models", Types.STRING(), PICKLED)
 ALERTS = OutputTag("alerts", KV_TYPE)
+# What the drift monitor sees of each scored vector: (model name, version, window,
+# window_start, features).
+SCORED = OutputTag("scored", PICKLED)
+TRIGGERS = OutputTag("retrain-triggers", KV_TYPE)
 
 # A decoded FeatureVector (a plain tuple, pickled between Python operators).
 DEVICE, SITE, WINDOW, START, END, COUNT, FEATURES, SPEC, COMPUTED = range(9)
@@ -306,6 +311,7 @@ class ScoreVectors(KeyedBroadcastProcessFunction):
                 model.ref, v[SPEC], verdict.score, model.threshold, verdict.threshold,
                 verdict.baseline_mean, verdict.baseline_std, verdict.is_alert, v[COMPUTED],
                 now)))
+            yield SCORED, (model.name, model.version, v[WINDOW], v[START], v[FEATURES])
             if verdict.is_alert:
                 self.counters["alerts_out"].inc()
                 aid = alert_id(v[DEVICE], v[WINDOW], v[START], model.name)
@@ -315,6 +321,87 @@ class ScoreVectors(KeyedBroadcastProcessFunction):
                     verdict.severity, model.ref, model.name, v[WINDOW])))
         if not matched:
             self.counters["no_model_for_window"].inc()
+
+
+class ByModel(KeySelector):
+    def get_key(self, value: tuple) -> str:
+        return value[0]
+
+
+class DriftMonitor(KeyedProcessFunction):
+    """Per model (keyed by name): sliding-window PSI and KS of the scored vectors against
+    the active version's training reference (sluice.drift.DriftDetector), and the retrain
+    policy (K drifted windows in a row, then a cool-down; sluice.drift.RetrainPolicy).
+
+    The scoring job has no watermarks of its own: vectors arrive in about window order,
+    so the monitor's event-time clock is the newest window start it has seen minus one
+    slide (``drift.slide_ms``); a vector older than a window already closed is counted
+    late by the detector and not used. A new version of the model starts a new detector
+    (its reference is another one); a vector of an older version arriving after the
+    switch (from another scoring subtask) is not counted."""
+
+    def __init__(self, models_root: str, drift_cfg: Any, drift_schema: str, drift_id: int,
+                 trigger_schema: str, trigger_id_: int):
+        self.models_root, self.drift_cfg = models_root, drift_cfg
+        self.drift_schema, self.drift_schema_id = drift_schema, drift_id
+        self.trigger_schema, self.trigger_schema_id = trigger_schema, trigger_id_
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("state", "drift_encoder", "trigger_encoder", "counters", "cache")}
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        from sluice.native import AvroEncoder
+
+        self.drift_encoder = AvroEncoder(self.drift_schema, self.drift_schema_id)
+        self.trigger_encoder = AvroEncoder(self.trigger_schema, self.trigger_schema_id)
+        self.state = runtime_context.get_state(ValueStateDescriptor("drift", PICKLED))
+        self.counters = _counters(runtime_context, (
+            "drift_events", "drifted", "retrain_triggers", "stale_version"))
+        self.cache: dict[str, Any] = {}
+
+    def _meta(self, name: str, version: int) -> dict[str, Any]:
+        from sluice.model import Registry
+
+        return Registry(self.models_root).get(name, version).metadata
+
+    def process_element(self, value: tuple, ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
+        from sluice.drift import DriftDetector, RetrainPolicy
+
+        name, version, window, start, features = value
+        st = self.state.value()
+        if st is None or version > st["version"]:
+            meta = self._meta(name, version)
+            det = DriftDetector(meta, self.drift_cfg)
+            policy = (RetrainPolicy(self.drift_cfg) if st is None
+                      else RetrainPolicy.restore(self.drift_cfg, st["policy"]))
+            st = {"version": version, "clock": None}
+        elif version < st["version"]:
+            self.counters["stale_version"].inc()
+            return
+        else:
+            det = self.cache.get("det")
+            if det is None or self.cache.get("key") != (name, version):
+                det = DriftDetector.restore(self._meta(name, version), self.drift_cfg,
+                                            st["detector"])
+            policy = RetrainPolicy.restore(self.drift_cfg, st["policy"])
+        clock = max(st["clock"] or start, start)
+        events = det.add({"window": window, "features": features}, start,
+                         watermark_ms=clock - self.drift_cfg.slide_ms)
+        triggers = policy.observe(events)
+        self.cache = {"det": det, "key": (name, version)}
+        self.state.update({"version": version, "clock": clock,
+                           "detector": det.snapshot_bytes(), "policy": policy.snapshot_bytes()})
+        for e in events:
+            self.counters["drift_events"].inc()
+            if e["drifted"]:
+                self.counters["drifted"].inc()
+            yield Row(f"{e['model_name']}@{e['feature']}", self.drift_encoder.encode(e))
+        for t in triggers:
+            self.counters["retrain_triggers"].inc()
+            log.warning("drift: retrain %s v%s (%s)", t["model_name"], t["model_version"],
+                        ", ".join(t["drifted_features"]))
+            yield TRIGGERS, Row(t["trigger_id"], self.trigger_encoder.encode(t))
 
 
 def _source_ddl(cfg: Any, table: str, topic: str, group: str, props: str,
@@ -392,11 +479,27 @@ def add_model_scoring(t_env: Any, stmts: Any, cfg: Any, kafka_props: str,
                   pending_retry_ms=cfg.scoring.pending_retry_ms,
                   state_ttl_ms=cfg.scoring.state_ttl_ms), output_type=KV_TYPE)
               .name("scoring").uid("scoring"))
+    drift_schema = output_schema(cfg, cfg.schemas.drift)
+    trigger_schema = output_schema(cfg, cfg.schemas.retrain_triggers)
+    t_env.execute_sql(sink_ddl(scoring_cfg, "drift_sink", cfg.topics.drift))
+    t_env.execute_sql(sink_ddl(scoring_cfg, "retrain_triggers_sink", cfg.topics.retrain_triggers))
+    drift = (scored.get_side_output(SCORED)
+             .key_by(ByModel(), key_type=Types.STRING())
+             .process(DriftMonitor(str(cfg.path(cfg.models.dir).resolve()), cfg.drift,
+                                   drift_schema.schema_str, drift_schema.schema_id,
+                                   trigger_schema.schema_str, trigger_schema.schema_id),
+                      output_type=KV_TYPE)
+             .name("drift").uid("drift"))
     t_env.create_temporary_view("model_scores", t_env.from_data_stream(scored))
     t_env.create_temporary_view("model_alerts",
                                 t_env.from_data_stream(scored.get_side_output(ALERTS)))
+    t_env.create_temporary_view("drift_events", t_env.from_data_stream(drift))
+    t_env.create_temporary_view("retrain_triggers",
+                                t_env.from_data_stream(drift.get_side_output(TRIGGERS)))
     stmts.add_insert_sql("INSERT INTO model_scores_sink SELECT k, v FROM model_scores")
     stmts.add_insert_sql("INSERT INTO model_alerts_sink SELECT k, v FROM model_alerts")
+    stmts.add_insert_sql("INSERT INTO drift_sink SELECT k, v FROM drift_events")
+    stmts.add_insert_sql("INSERT INTO retrain_triggers_sink SELECT k, v FROM retrain_triggers")
 
 
 __all__ = ["ALERTS", "DecodeUpdate", "DecodeVector", "MODELS", "ScoreVectors",
