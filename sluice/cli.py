@@ -711,27 +711,40 @@ def generate(
     config: ConfigOpt = None,
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,
     live: Annotated[bool, typer.Option(help="stamp readings with the wall clock, paced at rate_eps")] = True,
+    anomalies: Annotated[bool, typer.Option(
+        help="inject labelled anomalies (generator.anomalies, or its defaults when unset)")] = False,
+    labels: Annotated[Path | None, typer.Option(
+        help="write the labelled anomalies here (JSON lines: device_id, kind, start_ts, end_ts, ...)")
+    ] = None,
 ) -> None:
     """Produce the seeded synthetic input: Avro telemetry (v1+v2+v3), binary sensor frames
     and JSON work orders, with the corrupt records of every kind mixed in."""
     import time
 
-    from sluice.generator import aligned_start, plan, produce
+    from sluice.config import AnomalyConfig
+    from sluice.generator import aligned_start, plan, plan_with_labels, produce
     from sluice.kafka_util import ensure_topics
 
     cfg = _config(config)
     if records is not None:
         cfg = cfg.with_overrides(generator={"records": records})
+    if anomalies and cfg.generator.anomalies is None:
+        cfg = cfg.with_overrides(generator={"anomalies": AnomalyConfig().model_dump()})
     _preflight(cfg)
     ensure_topics(cfg)
     step = 1000 / cfg.generator.rate_eps if cfg.generator.rate_eps else 1.0
     items = plan(cfg, start_ms=0, step_ms=step)
     start = int(time.time() * 1000) if live else aligned_start(cfg, int(len(items) * step))
-    gen = produce(cfg, plan(cfg, start_ms=start, step_ms=step), live=live)
+    items, planned_labels = plan_with_labels(cfg, start_ms=start, step_ms=step)
+    gen = produce(cfg, items, live=live, labels=planned_labels)
     console.print(f"produced {len(gen.readings)} readings, {len(gen.frames)} sensor frames, "
                   f"{len(gen.work_orders)} work orders and {len(gen.corrupt)} corrupt records "
                   f"({', '.join(f'{t}: {n}' for t, n in gen.by_input().items())}) "
                   f"in {gen.produce_seconds:.1f} s")
+    if labels is not None:
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        labels.write_text("".join(json.dumps(a.as_json()) + "\n" for a in gen.anomalies))
+        console.print(f"{len(gen.anomalies)} labelled anomalies → {escape(str(labels))}")
 
 
 def main() -> None:  # pragma: no cover
