@@ -242,27 +242,32 @@ def _units(vectors: Sequence[dict[str, Any]], alerts: Sequence[bool]) -> list[Un
                  v["window_end"] if a else None) for v, a in zip(vectors, alerts, strict=True)]
 
 
-def _hst(p: EvalParams) -> Any:
+def hst_window(p: EvalParams, baseline_points: int) -> int:
+    """HST's window size: ``hst_window``, at most a quarter of the baseline (small runs)."""
+    return max(2, min(p.hst_window, baseline_points // 4))
+
+
+def _hst(p: EvalParams, window: int) -> Any:
     from river import anomaly, preprocessing
 
     return preprocessing.MinMaxScaler() | anomaly.HalfSpaceTrees(
-        n_trees=p.hst_trees, height=p.hst_height, window_size=p.hst_window, seed=p.hst_seed)
+        n_trees=p.hst_trees, height=p.hst_height, window_size=window, seed=p.hst_seed)
 
 
-def _hst_learn_baseline(model: Any, xs: Sequence[dict[str, float]], p: EvalParams,
+def _hst_learn_baseline(model: Any, xs: Sequence[dict[str, float]], window: int, p: EvalParams,
                         tick: Callable[[], None]) -> float:
     """Learn the baseline online; the alert threshold is the ``1 - contamination``
     quantile of the scores given to baseline points once the first reference window is
     full (each scored before it is learned)."""
     scores = []
     for n, x in enumerate(xs):
-        if n >= p.hst_window:
+        if n >= window:
             scores.append(model.score_one(x))
         model.learn_one(x)
         tick()
     if not scores:
         raise ValueError(f"the baseline has {len(xs)} points; River's HST needs more than "
-                         f"its window ({p.hst_window}) to calibrate a threshold")
+                         f"its window ({window}) to calibrate a threshold")
     return float(np.quantile(scores, 1 - p.contamination))
 
 
@@ -372,13 +377,14 @@ def run_eval(cfg: SluiceConfig, p: EvalParams, out_dir: Path, *, stage: Stage | 
             return [dict(zip(names, map(float, r), strict=True)) for r in Xi]
 
         with stage(f"{RIVER}: learn baseline, score online ({w})", len(brows) + len(trows)) as tick:
-            hst = _hst(p)
-            hst_threshold = _hst_learn_baseline(hst, points(brows), p, tick)
+            win = hst_window(p, len(brows))
+            hst = _hst(p, win)
+            hst_threshold = _hst_learn_baseline(hst, points(brows), win, p, tick)
             hst_scores = _hst_score_stream(hst, points(trows), tick)
         alerts[RIVER] += _units(trows, [s > hst_threshold for s in hst_scores])
         models[w] = {"name": mv.name, "version": mv.version, "path": str(mv.path),
                      "threshold": threshold, "training_rows": meta["training"]["rows"],
-                     "features": names, "hst_threshold": hst_threshold,
+                     "features": names, "hst_threshold": hst_threshold, "hst_window": win,
                      "baseline_vectors": len(brows), "labelled_vectors": len(trows)}
         scores_by_window[w] = {"sluice": list(map(float, scores)), "river": hst_scores}
     if p.raw:
@@ -391,13 +397,14 @@ def run_eval(cfg: SluiceConfig, p: EvalParams, out_dir: Path, *, stage: Stage | 
             _, bxs = _raw_points(base.events, source, medians_raw)
             tevs, txs = _raw_points(test.events, source, medians_raw)
             with stage(f"{RIVER_RAW}: learn baseline, score online ({source})", len(bxs) + len(txs)) as tick:
-                hst = _hst(p)
-                thr = _hst_learn_baseline(hst, bxs, p, tick)
+                win = hst_window(p, len(bxs))
+                hst = _hst(p, win)
+                thr = _hst_learn_baseline(hst, bxs, win, p, tick)
                 raw_scores = _hst_score_stream(hst, txs, tick)
             for e, s in zip(tevs, raw_scores, strict=True):
                 if s > thr:
                     raw_alerts[(e.device_id, source)].append(e.ts)
-            models[f"raw:{source}"] = {"hst_threshold": thr, "baseline_events": len(bxs),
+            models[f"raw:{source}"] = {"hst_threshold": thr, "hst_window": win, "baseline_events": len(bxs),
                                        "labelled_events": len(txs)}
         for ts_list in raw_alerts.values():
             ts_list.sort()
