@@ -26,7 +26,7 @@ $(VENV)/.installed: pyproject.toml $(RUST_SRC)
 	@test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# Builds the Rust module (release profile) and installs the pinned Python deps.
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,eval]"
 	@touch $@
 
 $(DEPS)/kafka/.done: sluice/stack/kafka-pom.xml

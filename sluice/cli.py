@@ -867,27 +867,117 @@ def generate(
     config: ConfigOpt = None,
     records: Annotated[int | None, typer.Option(help="readings to produce")] = None,
     live: Annotated[bool, typer.Option(help="stamp readings with the wall clock, paced at rate_eps")] = True,
+    anomalies: Annotated[bool, typer.Option(
+        help="inject labelled anomalies (generator.anomalies, or its defaults when unset)")] = False,
+    labels: Annotated[Path | None, typer.Option(
+        help="write the labelled anomalies here (JSON lines: device_id, kind, start_ts, end_ts, ...)")
+    ] = None,
 ) -> None:
     """Produce the seeded synthetic input: Avro telemetry (v1+v2+v3), binary sensor frames
     and JSON work orders, with the corrupt records of every kind mixed in."""
     import time
 
-    from sluice.generator import aligned_start, plan, produce
+    from sluice.config import AnomalyConfig
+    from sluice.generator import aligned_start, plan, plan_with_labels, produce
     from sluice.kafka_util import ensure_topics
 
     cfg = _config(config)
     if records is not None:
         cfg = cfg.with_overrides(generator={"records": records})
+    if anomalies and cfg.generator.anomalies is None:
+        cfg = cfg.with_overrides(generator={"anomalies": AnomalyConfig().model_dump()})
     _preflight(cfg)
     ensure_topics(cfg)
     step = 1000 / cfg.generator.rate_eps if cfg.generator.rate_eps else 1.0
     items = plan(cfg, start_ms=0, step_ms=step)
     start = int(time.time() * 1000) if live else aligned_start(cfg, int(len(items) * step))
-    gen = produce(cfg, plan(cfg, start_ms=start, step_ms=step), live=live)
+    items, planned_labels = plan_with_labels(cfg, start_ms=start, step_ms=step)
+    gen = produce(cfg, items, live=live, labels=planned_labels)
     console.print(f"produced {len(gen.readings)} readings, {len(gen.frames)} sensor frames, "
                   f"{len(gen.work_orders)} work orders and {len(gen.corrupt)} corrupt records "
                   f"({', '.join(f'{t}: {n}' for t, n in gen.by_input().items())}) "
                   f"in {gen.produce_seconds:.1f} s")
+    if labels is not None:
+        labels.parent.mkdir(parents=True, exist_ok=True)
+        labels.write_text("".join(json.dumps(a.as_json()) + "\n" for a in gen.anomalies))
+        console.print(f"{len(gen.anomalies)} labelled anomalies → {escape(str(labels))}")
+
+
+@app.command("eval")
+def eval_cmd(
+    devices: Annotated[int, typer.Option(min=1, help="devices per stream")] = 20,
+    records: Annotated[int, typer.Option(min=100, help="telemetry readings per stream")] = 100_000,
+    hours: Annotated[float, typer.Option(min=0.1, help="event-time span of each stream")] = 4.0,
+    seed: Annotated[int, typer.Option(help="generator seed of the labelled stream")] = 2,
+    baseline_seed: Annotated[int, typer.Option(help="generator seed of the clean baseline")] = 1,
+    anomaly_seed: Annotated[int, typer.Option(help="seed of the injected anomalies")] = 7,
+    rate: Annotated[float, typer.Option(min=0.01, help="labelled anomalies per device-hour")] = 0.5,
+    window: Annotated[list[str] | None, typer.Option(
+        "--window", "-w", help="spec window(s) to evaluate (default: every tumble/hop window)")] = None,
+    contamination: Annotated[float, typer.Option(min=0.0001, max=0.5)] = 0.01,
+    raw: Annotated[bool, typer.Option(help="also run River's HST over raw events")] = True,
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("out/eval"),
+    config: ConfigOpt = None,
+) -> None:
+    """Detection quality against a peer: sluice's Rust-scored IsolationForest (fixed and
+    per-device adaptive threshold) vs River's HalfSpaceTrees, on a generated stream with
+    labelled anomalies (docs/evaluation.md). Writes results.json and results.png to OUT."""
+    from contextlib import contextmanager
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from sluice.evaluation import EvalParams, run_eval, write_chart
+
+    cfg = _config(config)
+    params = EvalParams(devices=devices, records=records, hours=hours, seed=seed,
+                        baseline_seed=baseline_seed, anomaly_seed=anomaly_seed, anomaly_rate=rate,
+                        windows=tuple(window) if window else None, contamination=contamination,
+                        raw=raw)
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+
+        @contextmanager
+        def stage(name: str, total: int):  # type: ignore[no-untyped-def]
+            task = progress.add_task(name, total=total)
+            yield lambda: progress.advance(task)
+            progress.update(task, completed=total)
+
+        try:
+            results = run_eval(cfg, params, out, stage=stage)
+        except ValueError as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(1) from None
+    chart = write_chart(results, out / "results.png")
+    console.print(eval_table(results))
+    lab = results["streams"]["labelled"]
+    kinds = ", ".join(f"{k} {n}" for k, n in lab["by_kind"].items())
+    console.print(f"labelled stream: {lab['events']} events, {lab['vectors']} window vectors, "
+                  f"{lab['anomalies']} anomalies ({kinds}); "
+                  f"{results['seconds']} s → {escape(str(out / 'results.json'))}, {escape(str(chart))}")
+
+
+def eval_table(results: dict[str, Any]) -> Table:
+    """The rich table of `sluice eval` (one row per detector)."""
+    from sluice.generator import ANOMALY_KINDS
+
+    det = results["detectors"]
+    kinds = [k for k in ANOMALY_KINDS if any(k in m["per_kind"] for m in det.values())]
+    t = Table(title="detection quality: window-level precision / recall / F1; per kind: share of "
+                    "anomalies detected; TTD: time to detect (event time); FA/dev-h: false alerts "
+                    "per device-hour")
+    for col in ("detector", "P", "R", "F1", *kinds, "TTD p50", "TTD p90", "alerts", "FA/dev-h"):
+        t.add_column(col, justify="left" if col == "detector" else "right", no_wrap=True)
+
+    def minutes(s: float | None) -> str:
+        return "—" if s is None else f"{s / 60:.1f}m"
+
+    for name, m in det.items():
+        per = [m["per_kind"].get(k) for k in kinds]
+        t.add_row(name, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}",
+                  *["—" if k is None else f"{k['detected']}/{k['anomalies']}" for k in per],
+                  minutes(m["ttd_median_s"]), minutes(m["ttd_p90_s"]), str(m["alerts"]),
+                  f"{m.get('false_alerts_per_device_hour', 0.0):.2f}")
+    return t
 
 
 def main() -> None:  # pragma: no cover
@@ -897,4 +987,4 @@ def main() -> None:  # pragma: no cover
 if __name__ == "__main__":  # pragma: no cover
     main()
 
-__all__ = ["app", "REPO_ROOT"]
+__all__ = ["app", "REPO_ROOT", "eval_table"]

@@ -457,6 +457,31 @@ class ReferenceConfig(_Section):
     maintenance_after_ms: int = Field(default=0, ge=0)
 
 
+class AnomalyConfig(_Section):
+    """Labelled anomalies the generator injects (docs/evaluation.md). Off unless
+    ``generator.anomalies`` is set: without it every plan is exactly what it was before."""
+
+    # Labelled anomalies per device and hour of event time (rounded over the whole plan).
+    rate: float = Field(default=0.5, gt=0, le=60)
+    # Which kinds, used in turn: a spike (temperature jumps for seconds), slow drift
+    # (temperature ramps up over tens of minutes), a stuck sensor (temperature, vibration
+    # and humidity frozen), bearing wear (vibration harmonics at a defect frequency in
+    # the sensor frames, growing; telemetry vibration RMS rises with them).
+    kinds: tuple[Literal["spike", "drift", "stuck", "bearing"], ...] = Field(
+        default=("spike", "drift", "stuck", "bearing"), min_length=1)
+    # Randomness of the anomalies only (kinds, devices, spans, magnitudes).
+    seed: int = 0
+    # Event time kept clear between two anomalies of one device (and before the first).
+    min_gap_ms: int = Field(default=600_000, ge=0)
+
+    @field_validator("kinds")
+    @classmethod
+    def _distinct(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"kinds must be distinct, got {list(v)}")
+        return v
+
+
 class GeneratorConfig(_Section):
     @field_validator("writer_weights")
     @classmethod
@@ -489,6 +514,9 @@ class GeneratorConfig(_Section):
     frame_share: float = Field(default=0.1, ge=0)
     frame_samples: int = Field(default=64, ge=1, le=4_096)
     maintenance_share: float = Field(default=0.02, ge=0)
+    # Labelled anomalies (spikes, slow drift, stuck sensor, bearing wear) for `sluice eval`
+    # and `sluice generate --labels`; None (the default) injects none.
+    anomalies: AnomalyConfig | None = None
 
 
 #: Header names that carry credentials: their values come from headers_from_env or

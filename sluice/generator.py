@@ -10,6 +10,7 @@ needs to compute the expected output.
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import random
@@ -27,7 +28,7 @@ from confluent_kafka.schema_registry.avro import AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from sluice.auth import fail_fast
-from sluice.config import SluiceConfig
+from sluice.config import AnomalyConfig, SluiceConfig
 from sluice.native import encode_frame
 from sluice.registry import read_schema
 
@@ -209,6 +210,8 @@ class Generated:
     work_orders: list[WorkOrder] = field(default_factory=list)
     corrupt: list[Corrupt] = field(default_factory=list)
     produce_seconds: float = 0.0
+    # The labelled anomalies in what was produced (generator.anomalies), in event time.
+    anomalies: list[Anomaly] = field(default_factory=list)
 
     @property
     def total(self) -> int:
@@ -221,6 +224,171 @@ class Generated:
         for c in self.corrupt:
             counts[c.input] += 1
         return counts
+
+
+# --- labelled anomalies (generator.anomalies; docs/evaluation.md) ---------------------------
+ANOMALY_KINDS = ("spike", "drift", "stuck", "bearing")
+# Event-time span of each kind, in ms (drawn uniformly).
+ANOMALY_SPAN_MS = {
+    "spike": (5_000, 20_000),
+    "drift": (900_000, 2_400_000),
+    "stuck": (300_000, 1_200_000),
+    "bearing": (1_200_000, 2_700_000),
+}
+# Magnitude of each kind (drawn uniformly): °C added by a spike, °C a drift reaches at its
+# end, g amplitude of a bearing's fundamental defect harmonic at its end. A stuck sensor's
+# magnitude is the value it is stuck at.
+ANOMALY_MAGNITUDE = {"spike": (15.0, 30.0), "drift": (12.0, 20.0), "bearing": (1.5, 3.0)}
+# Bearing defect frequencies (Hz) and the harmonics added (each at amplitude / h, those
+# below 0.45 x the frame's sample rate only).
+BEARING_FREQUENCY_HZ = (230.0, 420.0)
+BEARING_HARMONICS = (1, 2, 3)
+# Injected temperatures stay under the blocking quality bound (150 °C), so an anomaly is
+# scored, not dead-lettered.
+TEMPERATURE_CEILING_C = 145.0
+
+
+@dataclass(frozen=True)
+class Anomaly:
+    """One labelled anomaly: ``kind`` on ``device_id`` over event times ``start_ts`` ..
+    ``end_ts`` (both inclusive). ``records``: readings and frames it changed."""
+
+    device_id: str
+    kind: str
+    start_ts: int
+    end_ts: int
+    magnitude: float
+    frequency_hz: float | None = None
+    records: int = 0
+
+    def progress(self, ts: int) -> float:
+        """0 at the start of the span, 1 at its end."""
+        return (ts - self.start_ts) / (self.end_ts - self.start_ts) if self.end_ts > self.start_ts else 1.0
+
+    def bearing_amplitude(self, ts: int) -> float:
+        """A bearing's fundamental amplitude (g) at ``ts``: a quarter at the start, growing."""
+        return self.magnitude * (0.25 + 0.75 * self.progress(ts))
+
+    def as_json(self) -> dict[str, Any]:
+        return {"device_id": self.device_id, "kind": self.kind, "start_ts": self.start_ts,
+                "end_ts": self.end_ts, "magnitude": self.magnitude,
+                "frequency_hz": self.frequency_hz, "records": self.records}
+
+    @staticmethod
+    def from_json(d: dict[str, Any]) -> Anomaly:
+        return Anomaly(str(d["device_id"]), str(d["kind"]), int(d["start_ts"]), int(d["end_ts"]),
+                       float(d["magnitude"]), None if d.get("frequency_hz") is None
+                       else float(d["frequency_hz"]), int(d.get("records", 0)))
+
+
+def schedule_anomalies(acfg: AnomalyConfig, devices: list[str], start_ms: int, end_ms: int
+                       ) -> list[Anomaly]:
+    """Where the anomalies go: ``round(rate x devices x hours)`` of them, the kinds in
+    turn (shuffled), each on a random device at a random time, at least ``min_gap_ms``
+    from the stream's start and from any other anomaly of the same device. One that finds
+    no room after 100 draws is left out."""
+    rng = random.Random(acfg.seed)
+    hours = max(0, end_ms - start_ms) / 3_600_000
+    n = round(acfg.rate * len(devices) * hours)
+    kinds = [acfg.kinds[i % len(acfg.kinds)] for i in range(n)]
+    rng.shuffle(kinds)
+    gap = acfg.min_gap_ms
+    busy: dict[str, list[tuple[int, int]]] = defaultdict(list)
+    out = []
+    for kind in kinds:
+        lo, hi = ANOMALY_SPAN_MS[kind]
+        span = rng.randint(lo, hi)
+        mag = rng.uniform(*ANOMALY_MAGNITUDE[kind]) if kind in ANOMALY_MAGNITUDE else 0.0
+        freq = rng.uniform(*BEARING_FREQUENCY_HZ) if kind == "bearing" else None
+        if end_ms - span <= start_ms + gap:
+            continue
+        for _ in range(100):
+            dev = devices[rng.randrange(len(devices))]
+            s = rng.randint(start_ms + gap, end_ms - span)
+            e = s + span
+            if all(e + gap < s2 or s > e2 + gap for s2, e2 in busy[dev]):
+                busy[dev].append((s, e))
+                out.append(Anomaly(dev, kind, s, e, round(mag, 3),
+                                   None if freq is None else round(freq, 1)))
+                break
+    return sorted(out, key=lambda a: (a.start_ts, a.device_id))
+
+
+def _bearing_samples(f: Frame, a: Anomaly) -> tuple[float, ...]:
+    amp = a.bearing_amplitude(f.ts)
+    assert a.frequency_hz is not None
+    rate = f.sample_rate_hz
+    harmonics = [h for h in BEARING_HARMONICS if h * a.frequency_hz < 0.45 * rate]
+    return tuple(
+        f32(x + sum(amp / h * math.sin(2 * math.pi * h * a.frequency_hz * k / rate) for h in harmonics))
+        for k, x in enumerate(f.samples)
+    )
+
+
+def _bearing_rms(v: float, a: Anomaly, ts: int) -> float:
+    """Telemetry's vibration RMS with the defect harmonics' energy added (sum of A_h**2 / 2)."""
+    amp = a.bearing_amplitude(ts)
+    extra = sum((amp / h) ** 2 / 2 for h in BEARING_HARMONICS)
+    return f32(round(math.sqrt(v * v + extra), 3))
+
+
+def _temperature(r: Reading, value: float) -> float:
+    """``value`` at the precision the reading's writer sends (v1/v2 float, v3 double)."""
+    v = round(min(value, TEMPERATURE_CEILING_C), 2)
+    return v if r.writer == "v3" else f32(v)
+
+
+def inject_anomalies(items: list[Item], anomalies: list[Anomaly]) -> tuple[list[Item], list[Anomaly]]:
+    """Apply the scheduled anomalies to the readings and frames of their device and span
+    (items in event-time order). Returns the changed items and the labels, each with the
+    number of records it changed; an anomaly that changed none is dropped (no label)."""
+    by_dev: dict[str, list[int]] = defaultdict(list)
+    for i, a in enumerate(anomalies):
+        by_dev[a.device_id].append(i)
+    last: dict[str, Reading] = {}
+    frozen: dict[int, Reading] = {}  # stuck anomaly -> the values it is stuck at
+    changed = [0] * len(anomalies)
+    out: list[Item] = []
+    for item in items:
+        if not isinstance(item, Reading | Frame):
+            out.append(item)
+            continue
+        hit = next((i for i in by_dev.get(item.device_id, ())
+                    if anomalies[i].start_ts <= item.ts <= anomalies[i].end_ts), None)
+        if hit is None:
+            if isinstance(item, Reading):
+                last[item.device_id] = item
+            out.append(item)
+            continue
+        a = anomalies[hit]
+        new: Item = item
+        if isinstance(item, Reading):
+            if a.kind == "spike":
+                new = replace(item, temperature_c=_temperature(item, item.temperature_c + a.magnitude))
+            elif a.kind == "drift":
+                new = replace(item, temperature_c=_temperature(
+                    item, item.temperature_c + a.magnitude * a.progress(item.ts)))
+            elif a.kind == "stuck":
+                ref = frozen.setdefault(hit, last.get(item.device_id, item))
+                temp = f32(ref.temperature_c)  # exact in every writer's precision
+                hum = None if item.writer == "v1" else (
+                    ref.humidity_pct if ref.humidity_pct is not None else item.humidity_pct)
+                new = replace(item, temperature_c=temp, vibration_rms=ref.vibration_rms,
+                              humidity_pct=hum)
+            elif a.kind == "bearing":
+                new = replace(item, vibration_rms=_bearing_rms(item.vibration_rms, a, item.ts))
+        elif a.kind == "bearing":
+            new = replace(item, samples=_bearing_samples(item, a))
+        if new is not item:
+            changed[hit] += 1
+        out.append(new)
+    labels = []
+    for i, a in enumerate(anomalies):
+        if not changed[i]:
+            continue
+        mag = f32(frozen[i].temperature_c) if a.kind == "stuck" else a.magnitude
+        labels.append(replace(a, records=changed[i], magnitude=mag))
+    return out, labels
 
 
 _NOTES = [
@@ -262,6 +430,13 @@ def _work_order(rng: random.Random, seed: int, i: int, dev: str, ts: int) -> Wor
 def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Item]:
     """The deterministic sequence for a seed: telemetry readings, sensor frames and
     work orders in event-time order, with the corrupt records spread evenly through it."""
+    return plan_with_labels(cfg, start_ms=start_ms, step_ms=step_ms)[0]
+
+
+def plan_with_labels(cfg: SluiceConfig, *, start_ms: int, step_ms: float
+                     ) -> tuple[list[Item], list[Anomaly]]:
+    """:func:`plan` and the labelled anomalies in it (none unless ``generator.anomalies``
+    is set; the anomalies use their own randomness, so everything else is unchanged)."""
     g = cfg.generator
     rng = random.Random(g.seed)
     devices = [f"dev-{i:04d}" for i in range(g.devices)]
@@ -309,6 +484,11 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Item]:
             )
         )
         i_reading += 1
+    labels: list[Anomaly] = []
+    if g.anomalies is not None:
+        end_ms = start_ms + int((total - 1) * step_ms) if total else start_ms
+        scheduled = schedule_anomalies(g.anomalies, devices, start_ms, end_ms)
+        items, labels = inject_anomalies(items, scheduled)
     kinds = (
         ["non-avro"] * g.corrupt_non_avro
         + ["unknown-schema"] * g.corrupt_unknown_schema
@@ -328,7 +508,7 @@ def plan(cfg: SluiceConfig, *, start_ms: int, step_ms: float) -> list[Item]:
                 raise ValueError("a duplicate-event-id needs a reading before it; raise records")
         # A resend goes out under the key of the reading it repeats.
         items.insert(pos, Corrupt(kind, of.device_id if of is not None else dev, ts, b"", of))
-    return with_sequence_numbers(items)
+    return with_sequence_numbers(items), labels
 
 
 def with_sequence_numbers(items: list[Item]) -> list[Item]:
@@ -562,13 +742,17 @@ def produce(
     *,
     live: bool = False,
     on_progress: Callable[[int], None] | None = None,
+    labels: list[Anomaly] | None = None,
 ) -> Generated:
     """Produce the planned items, each to its input topic, keyed by device id.
 
     ``live``: stamp each item with the wall clock at send time (strictly increasing,
     so frame ids stay unique; paced at ``generator.rate_eps``); otherwise keep the
-    planned event times.
+    planned event times. ``labels`` (from :func:`plan_with_labels`) end up in
+    ``anomalies`` of the result, moved to the event times the items were sent with.
     """
+    planned_ts = [item.ts for item in items]
+    sent_ts: list[int] = []
     ser = _Serializers(cfg)
     producer = _producer(cfg)
     out = Generated()
@@ -584,6 +768,7 @@ def produce(
             last_ts = max(int(time.time() * 1000), last_ts + 1)
             if item.ts != last_ts:
                 item = replace(item, ts=last_ts)
+        sent_ts.append(item.ts)
         e = _encode(cfg, ser, item, n)
         _send(producer, e)
         _record(out, e.item)
@@ -592,8 +777,27 @@ def produce(
             on_progress(n)
     ser.client.close()
     _finish(producer, out, t0)
+    if labels:
+        out.anomalies = restamp_labels(labels, planned_ts, sent_ts) if live else list(labels)
     if on_progress is not None:
         on_progress(len(items))
+    return out
+
+
+def restamp_labels(labels: list[Anomaly], planned_ts: list[int], sent_ts: list[int]) -> list[Anomaly]:
+    """Labels in planned event time → the event times the same items were sent with
+    (``planned_ts[n]`` was sent as ``sent_ts[n]``; both in send order, non-decreasing):
+    a label starts at the first item planned at or after its start and ends at the last
+    one planned at or before its end."""
+    if len(planned_ts) != len(sent_ts):
+        raise ValueError(f"{len(planned_ts)} planned times for {len(sent_ts)} sent items")
+    out = []
+    for a in labels:
+        i = bisect.bisect_left(planned_ts, a.start_ts)
+        j = bisect.bisect_right(planned_ts, a.end_ts) - 1
+        if i > j:
+            continue
+        out.append(replace(a, start_ts=sent_ts[i], end_ts=sent_ts[j]))
     return out
 
 
