@@ -62,12 +62,13 @@ PICKLED = Types.PICKLED_BYTE_ARRAY()
 MODELS = MapStateDescriptor("models", Types.STRING(), PICKLED)
 ALERTS = OutputTag("alerts", KV_TYPE)
 # What the drift monitor sees of each scored vector: (model name, version, window,
-# window_start, features).
+# window_start, features, features topic partition).
 SCORED = OutputTag("scored", PICKLED)
 TRIGGERS = OutputTag("retrain-triggers", KV_TYPE)
 
-# A decoded FeatureVector (a plain tuple, pickled between Python operators).
-DEVICE, SITE, WINDOW, START, END, COUNT, FEATURES, SPEC, COMPUTED = range(9)
+# A decoded FeatureVector (a plain tuple, pickled between Python operators); PARTITION is
+# the features topic partition it was read from.
+DEVICE, SITE, WINDOW, START, END, COUNT, FEATURES, SPEC, COMPUTED, PARTITION = range(10)
 
 
 def _ms(v: Any) -> int:
@@ -137,7 +138,7 @@ class DecodeVector(_Decode):
         r = self.reader.decode(row["v"])
         return (r["device_id"], r.get("site_id"), r["window"], _ms(r["window_start"]),
                 _ms(r["window_end"]), int(r["event_count"]), dict(r["features"]),
-                r["feature_spec_version"], _ms(r["computed_at"]))
+                r["feature_spec_version"], _ms(r["computed_at"]), row["partition"])
 
 
 class DecodeUpdate(_Decode):
@@ -311,7 +312,8 @@ class ScoreVectors(KeyedBroadcastProcessFunction):
                 model.ref, v[SPEC], verdict.score, model.threshold, verdict.threshold,
                 verdict.baseline_mean, verdict.baseline_std, verdict.is_alert, v[COMPUTED],
                 now)))
-            yield SCORED, (model.name, model.version, v[WINDOW], v[START], v[FEATURES])
+            yield SCORED, (model.name, model.version, v[WINDOW], v[START], v[FEATURES],
+                           v[PARTITION])
             if verdict.is_alert:
                 self.counters["alerts_out"].inc()
                 aid = alert_id(v[DEVICE], v[WINDOW], v[START], model.name)
@@ -333,10 +335,15 @@ class DriftMonitor(KeyedProcessFunction):
     the active version's training reference (sluice.drift.DriftDetector), and the retrain
     policy (K drifted windows in a row, then a cool-down; sluice.drift.RetrainPolicy).
 
-    The scoring job has no watermarks of its own: vectors arrive in about window order,
-    so the monitor's event-time clock is the newest window start it has seen minus one
-    slide (``drift.slide_ms``); a vector older than a window already closed is counted
-    late by the detector and not used. A new version of the model starts a new detector
+    Event time is the vector's window start. The features topic's partitions are read at
+    their own pace (one can be minutes ahead of another), and within one partition the
+    pipeline writes windows in about window order; so the monitor keeps, per partition
+    it has read from, the newest window start, and its watermark is the oldest of those
+    minus one slide (``drift.slide_ms``): Flink's per-partition watermark, by hand, since
+    the vectors' event time is inside their Avro. A window closes when that passes its
+    end; a vector older than a closed window is counted late by the detector and not used.
+    A partition that stops receiving vectors holds the watermark back (drift is evaluated
+    on continuous streams; docs/drift.md). A new version of the model starts a new detector
     (its reference is another one); a vector of an older version arriving after the
     switch (from another scoring subtask) is not counted."""
 
@@ -368,14 +375,14 @@ class DriftMonitor(KeyedProcessFunction):
     def process_element(self, value: tuple, ctx: KeyedProcessFunction.Context) -> Iterable[Any]:
         from sluice.drift import DriftDetector, RetrainPolicy
 
-        name, version, window, start, features = value
+        name, version, window, start, features, partition = value
         st = self.state.value()
         if st is None or version > st["version"]:
             meta = self._meta(name, version)
             det = DriftDetector(meta, self.drift_cfg)
             policy = (RetrainPolicy(self.drift_cfg) if st is None
                       else RetrainPolicy.restore(self.drift_cfg, st["policy"]))
-            st = {"version": version, "clock": None}
+            st = {"version": version, "marks": {}}
         elif version < st["version"]:
             self.counters["stale_version"].inc()
             return
@@ -385,12 +392,13 @@ class DriftMonitor(KeyedProcessFunction):
                 det = DriftDetector.restore(self._meta(name, version), self.drift_cfg,
                                             st["detector"])
             policy = RetrainPolicy.restore(self.drift_cfg, st["policy"])
-        clock = max(st["clock"] or start, start)
+        marks = dict(st["marks"])
+        marks[partition] = max(marks.get(partition, start), start)
         events = det.add({"window": window, "features": features}, start,
-                         watermark_ms=clock - self.drift_cfg.slide_ms)
+                         watermark_ms=min(marks.values()) - self.drift_cfg.slide_ms)
         triggers = policy.observe(events)
         self.cache = {"det": det, "key": (name, version)}
-        self.state.update({"version": version, "clock": clock,
+        self.state.update({"version": version, "marks": marks,
                            "detector": det.snapshot_bytes(), "policy": policy.snapshot_bytes()})
         for e in events:
             self.counters["drift_events"].inc()
@@ -416,7 +424,8 @@ def _source_ddl(cfg: Any, table: str, topic: str, group: str, props: str,
     return f"""
         CREATE TEMPORARY TABLE `{table}` (
             `k` BYTES,
-            `v` BYTES
+            `v` BYTES,
+            `partition` INT METADATA VIRTUAL
         ) WITH (
             'connector' = 'kafka',
             'topic' = '{topic}',
@@ -460,7 +469,7 @@ def add_model_scoring(t_env: Any, stmts: Any, cfg: Any, kafka_props: str,
 
     reg = (cfg.registry.client_conf(secret=False), cfg.registry.udf_auth_file(),
            RetryPolicy(cfg.registry.unknown_id_retry_ms, cfg.registry.retry_backoff_ms))
-    vectors = (t_env.to_data_stream(t_env.sql_query("SELECT k, v FROM vectors_src"))
+    vectors = (t_env.to_data_stream(t_env.sql_query("SELECT k, v, `partition` FROM vectors_src"))
                .map(DecodeVector(vectors_schema.schema_str, vectors_schema.schema_id, *reg),
                     output_type=PICKLED)
                .name("scoring-decode-vectors").uid("scoring-decode-vectors"))

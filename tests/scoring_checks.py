@@ -150,3 +150,66 @@ def check_scores(vectors: list[dict[str, Any]], scores: list[tuple[int, dict[str
     for s in seen.values():
         versions[s["model_version"]] += 1
     return ScoringReport(len(expected), len(seen), dict(versions), len(alerts))
+
+
+# --- running the scoring job and reading its output ----------------------------------------
+def wait_for(cond: Any, timeout: float, what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.5)
+    raise AssertionError(what)
+
+
+def read_outputs(cfg: SluiceConfig, topics: list[str]) -> dict[str, list[tuple[int, dict[str, Any]]]]:
+    """(partition, record) per topic, read_committed, in partition/offset order, decoded by
+    confluent-kafka's own Avro deserializer (not the job's Rust decoder)."""
+    from confluent_kafka.schema_registry import SchemaRegistryClient
+    from confluent_kafka.schema_registry.avro import AvroDeserializer
+
+    from sluice.kafka_util import read_committed
+
+    got = read_committed(cfg, topics, idle_timeout=2.0, max_wait=30)
+    out: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    with SchemaRegistryClient(cfg.registry.client_conf()) as client:
+        de = AvroDeserializer(client)
+        for t in topics:
+            recs = sorted(got[t], key=lambda r: (r.partition, r.offset))
+            out[t] = [(r.partition, de(r.value, None)) for r in recs if r.value is not None]
+    return out
+
+
+class ScoringJob:
+    """jobs/scoring.py on a mini-cluster in a child process (a context manager)."""
+
+    def __init__(self, cfg_path: Path, log_path: Path):
+        import socket
+        import subprocess
+
+        from sluice.config import REPO_ROOT
+        from tests.conftest import PYTHON
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.log_path = log_path
+        self._log = log_path.open("w")
+        self.proc = subprocess.Popen(
+            [PYTHON, "jobs/scoring.py", "--config", str(cfg_path), "--rest-port", str(self.port)],
+            cwd=REPO_ROOT, stdout=self._log, stderr=subprocess.STDOUT)
+
+    def alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the scoring job exited {self.proc.returncode}: "
+                                 f"{self.log_path.read_text()[-4000:]}")
+
+    def __enter__(self) -> ScoringJob:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.proc.kill()
+        self.proc.wait(30)
+        self._log.close()

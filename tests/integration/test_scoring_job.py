@@ -13,53 +13,35 @@ alerts match alerting scores one to one. A vector of another window is not score
 
 from __future__ import annotations
 
-import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
-from confluent_kafka.schema_registry.avro import AvroDeserializer
 
-from sluice.config import REPO_ROOT, SluiceConfig
-from sluice.kafka_util import ensure_topics, read_committed
+from sluice.config import SluiceConfig
+from sluice.kafka_util import ensure_topics
 from sluice.model import Registry, TrainParams, train
 from sluice.model_updates import announce
-from tests.conftest import PYTHON, unique_config, write_config
-from tests.faults import FlinkRest
-from tests.scoring_checks import WINDOW, check_scores, produce_vectors, synthetic_vectors
+from tests.conftest import unique_config, write_config
+from tests.scoring_checks import (
+    WINDOW,
+    ScoringJob,
+    check_scores,
+    produce_vectors,
+    read_outputs,
+    synthetic_vectors,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 MODEL = "iforest-hot"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.5)
-    raise AssertionError(what)
-
-
 def _outputs(cfg: SluiceConfig) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
-    got = read_committed(cfg, [cfg.topics.model_scores, cfg.topics.alerts], idle_timeout=2.0,
-                         max_wait=30)
-    with SchemaRegistryClient(cfg.registry.client_conf()) as client:
-        de = AvroDeserializer(client)
-        scores = sorted(((r.partition, r.offset, de(r.value, None))
-                         for r in got[cfg.topics.model_scores]), key=lambda t: t[:2])
-        alerts = [de(r.value, None) for r in got[cfg.topics.alerts]]
-    return [(p, s) for p, _, s in scores], alerts
+    got = read_outputs(cfg, [cfg.topics.model_scores, cfg.topics.alerts])
+    return got[cfg.topics.model_scores], [a for _, a in got[cfg.topics.alerts]]
 
 
 def test_hot_swap_scores_every_vector_with_exactly_one_version(
@@ -84,32 +66,20 @@ def test_hot_swap_scores_every_vector_with_exactly_one_version(
                               window="vib_5m")
     produce_vectors(cfg, batch_a + other)
 
-    cfg_path = write_config(cfg, tmp_path)
-    port = _free_port()
-    log = (tmp_path / "job.log").open("w")
-    job = subprocess.Popen([PYTHON, "jobs/scoring.py", "--config", str(cfg_path),
-                            "--rest-port", str(port)], cwd=REPO_ROOT, stdout=log,
-                           stderr=subprocess.STDOUT)
-    rest = FlinkRest(f"http://127.0.0.1:{port}")
     vectors = list(batch_a)
-    try:
-        def alive() -> None:
-            if job.poll() is not None:
-                raise AssertionError(f"the scoring job exited {job.returncode}: "
-                                     f"{(tmp_path / 'job.log').read_text()[-4000:]}")
-
+    with ScoringJob(write_config(cfg, tmp_path), tmp_path / "job.log") as job:
         def scored(n: int) -> Callable[[], bool]:
             def check() -> bool:
-                alive()
+                job.alive()
                 return len(_outputs(cfg)[0]) >= n
             return check
 
-        _wait(scored(len(batch_a)), 240, "batch A was not scored")
+        wait_for(scored(len(batch_a)), 240, "batch A was not scored")
         announce(cfg, v2, previous_version=v1.version)
         k = 0
         deadline = time.monotonic() + 120
         while True:  # small batches until the first v2 score shows the switch
-            alive()
+            job.alive()
             batch = synthetic_vectors(cfg, devices=6, windows=1, start_ms=t0 + (10 + k) * 60_000,
                                       seed=100 + k)
             produce_vectors(cfg, batch)
@@ -124,14 +94,9 @@ def test_hot_swap_scores_every_vector_with_exactly_one_version(
                                     start_ms=t0 + (10 + k) * 60_000, seed=999)
         produce_vectors(cfg, batch_c)
         vectors += batch_c
-        _wait(scored(len(vectors)), 120, "batch C was not scored")
+        wait_for(scored(len(vectors)), 120, "batch C was not scored")
         time.sleep(3.0)  # a checkpoint more: anything extra (a duplicate) would show now
         scores, alerts = _outputs(cfg)
-    finally:
-        job.kill()
-        job.wait(30)
-        rest.close()
-        log.close()
 
     report = check_scores(vectors + other, scores, alerts, reg.root, MODEL)
     by_sid = {s["score_id"]: s["model_version"] for _, s in scores}
