@@ -110,3 +110,19 @@ def test_without_a_metric_group_counters_still_count(ctx: object) -> None:
     m.counter["records_in"].inc()
     m.latency["decode_us"].observe(3)
     assert m.counter["records_in"].count == 1 and not m.gauges_registered
+
+
+def test_cluster_config_enables_the_prometheus_reporter(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import yaml
+
+    from sluice.stack import StackPorts
+    from sluice.stack.render import flink_config_yaml, flink_home
+
+    ports = StackPorts.from_env({"SLUICE_STACK_PORT_OFFSET": "100"})
+    conf = yaml.safe_load(flink_config_yaml(ports, tmp_path, python=tmp_path / "python"))
+    prom = conf["metrics"]["reporter"]["prom"]
+    assert prom["factory"]["class"] == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory"
+    assert prom["port"] == "18184-18187"
+    # The reporter is a plugin: its jar must be where the start scripts look
+    # (FLINK_PLUGINS_DIR defaults to <FLINK_HOME>/plugins), not only in opt/.
+    assert list((flink_home() / "plugins" / "metrics-prometheus").glob("flink-metrics-prometheus-*.jar"))
