@@ -107,12 +107,9 @@ def flink_options(cfg: SluiceConfig) -> dict[str, str]:
     conf["pipeline.auto-watermark-interval"] = "200 ms"
     if cfg.window.idle_timeout_ms:
         conf["table.exec.source.idle-timeout"] = f"{cfg.window.idle_timeout_ms} ms"
-    if cfg.metrics.prometheus_ports:
-        # A mini-cluster's reporter (flink-conf/config.yaml configures a cluster's). The
-        # plugin jar ships in the wheel's plugins/ folder (FLINK_PLUGINS_DIR).
-        conf["metrics.reporter.prom.factory.class"] = (
-            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
-        conf["metrics.reporter.prom.port"] = cfg.metrics.prometheus_ports
+    # A mini-cluster's REST answers metrics from a cache refreshed this often (default
+    # 10 s; `sluice report` samples counters over seconds). A cluster sets its own.
+    conf["metrics.fetcher.update-interval"] = "1000"
     # The performance profile last: its options win over the settings above.
     conf.update(profile_flink_options(cfg.job.profile))
     return conf

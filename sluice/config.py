@@ -523,15 +523,6 @@ class ReportConfig(_Section):
     latency_sample_records: int = Field(default=20_000, ge=1)
 
 
-class MetricsConfig(_Section):
-    """Flink metrics of the job (docs/observability.md)."""
-
-    # Prometheus reporter port range of a mini-cluster job (`python jobs/pipeline.py`),
-    # e.g. "9249-9250"; None: no reporter. A standalone cluster's reporter is configured
-    # in flink-conf/config.yaml instead (job settings cannot add reporters there).
-    prometheus_ports: str | None = Field(default=None, pattern=r"^[0-9]+(-[0-9]+)?$")
-
-
 class StackConfig(_Section):
     run_dir: Path = Path(".run")
     kafka_port: int = 19092
@@ -560,7 +551,6 @@ class SluiceConfig(BaseModel):
     reference: ReferenceConfig = ReferenceConfig()
     generator: GeneratorConfig = GeneratorConfig()
     actions: ActionsConfig = ActionsConfig()
-    metrics: MetricsConfig = MetricsConfig()
     report: ReportConfig = ReportConfig()
     stack: StackConfig = StackConfig()
     # Relative paths in the file are resolved against this folder.

@@ -81,11 +81,3 @@ def test_unknown_profile_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="job.profile"):
         _config(tmp_path, {"profile": "turbo"})
     assert load_profile("default") == {"flink": {}, "sluice": {}}
-
-
-def test_prometheus_reporter_of_a_mini_cluster(tmp_path: Path) -> None:
-    cfg = _config(tmp_path, {}, metrics={"prometheus_ports": "9300-9301"})
-    opts = flink_options(cfg)
-    assert opts["metrics.reporter.prom.factory.class"].endswith("PrometheusReporterFactory")
-    assert opts["metrics.reporter.prom.port"] == "9300-9301"
-    assert "metrics.reporter.prom.port" not in flink_options(_config(tmp_path, {}))
