@@ -15,7 +15,7 @@ APICURIO    := io.apicurio:apicurio-registry-app:3.3.3:tar.gz:all
 RUST_SRC    := $(shell find udfs_rs/src -name '*.rs') udfs_rs/Cargo.toml udfs_rs/Cargo.lock
 PYTEST      := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: help setup deps build demo test test-quick schemas-check cargo-test \
+.PHONY: help setup chromium deps build demo test test-quick schemas-check cargo-test \
         test-fast bench stack-up stack-down stack-status lint clean distclean
 
 help: ## show this help
@@ -50,7 +50,11 @@ $(DEPS)/apicurio/.done:
 
 deps: $(DEPS)/kafka/.done $(DEPS)/flink-jars/.done $(DEPS)/apicurio/.done ## download the Kafka broker, Flink connector and Apicurio jars (Maven Central)
 
-setup: $(VENV)/.installed deps ## venv + Python deps + Rust build + jars
+# Headless Chromium: the report test opens `sluice report`'s page in a real browser.
+chromium: ## install Debian's chromium when missing (apt-get; needs root)
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+setup: $(VENV)/.installed deps chromium ## venv + Python deps + Rust build + jars + chromium
 
 build: $(VENV)/.installed ## (re)build the Rust module into the venv
 	$(VENV)/bin/maturin develop --release --skip-install -q
