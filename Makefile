@@ -15,7 +15,7 @@ APICURIO    := io.apicurio:apicurio-registry-app:3.3.3:tar.gz:all
 RUST_SRC    := $(shell find udfs_rs/src -name '*.rs') udfs_rs/Cargo.toml udfs_rs/Cargo.lock
 PYTEST      := $(PY) -m pytest -p no:cacheprovider
 
-.PHONY: help setup deps system-deps build demo test test-quick schemas-check cargo-test \
+.PHONY: help setup deps system-deps chromium build demo test test-quick schemas-check cargo-test \
         test-fast bench stack-up stack-down stack-status lint clean distclean
 
 help: ## show this help
@@ -57,7 +57,11 @@ system-deps: ## install redis-server with apt-get when it is missing (needs root
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server \
 	    || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y redis-server; }; }
 
-setup: $(VENV)/.installed deps system-deps ## venv + Python deps + Rust build + jars + redis-server
+# Headless Chromium: the report test opens `sluice report`'s page in a real browser.
+chromium: ## install Debian's chromium when missing (apt-get; needs root)
+	@command -v chromium >/dev/null || { apt-get update -q && apt-get install -y -q chromium; }
+
+setup: $(VENV)/.installed deps system-deps chromium ## venv + Python deps + Rust build + jars + redis-server + chromium
 
 build: $(VENV)/.installed ## (re)build the Rust module into the venv
 	$(VENV)/bin/maturin develop --release --skip-install -q

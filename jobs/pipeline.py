@@ -35,7 +35,7 @@ from pyflink.table.udf import udaf, udf
 if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink run -py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sluice.config import SluiceConfig, load_config  # noqa: E402
+from sluice.config import SluiceConfig, load_config, profile_flink_options  # noqa: E402
 from sluice.feature_job import add_feature_windows  # noqa: E402
 from sluice.kafka_util import check_transaction_timeout, preflight  # noqa: E402
 from sluice.quality import load_suite, suite_path  # noqa: E402
@@ -73,40 +73,53 @@ def load_devices(path: Path) -> dict[str, DeviceRef]:
     return devices
 
 
-def flink_configuration(cfg: SluiceConfig) -> Configuration:
-    """Everything the job sets on the execution environment, from the one config model."""
-    conf = Configuration()
+def flink_options(cfg: SluiceConfig) -> dict[str, str]:
+    """Everything the job sets on the execution environment, from the one config model
+    (plain strings: no JVM needed to build or check them)."""
+    conf: dict[str, str] = {}
     jars = ";".join(cfg.path(j).resolve().as_uri() for j in cfg.job.jars)
     for jar in cfg.job.jars:
         if not cfg.path(jar).exists():
             raise FileNotFoundError(f"job.jars: {cfg.path(jar)} is missing; run `make deps`")
-    conf.set_string("pipeline.jars", jars)
-    conf.set_string("pipeline.name", cfg.job.name)
-    conf.set_string("python.execution-mode", cfg.job.python_execution_mode)
-    conf.set_string("execution.checkpointing.interval", f"{cfg.checkpoint.interval_ms} ms")
-    conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
-    conf.set_string("execution.checkpointing.min-pause", f"{cfg.checkpoint.min_pause_ms} ms")
-    conf.set_string("execution.checkpointing.timeout", f"{cfg.checkpoint.timeout_ms} ms")
-    conf.set_string("execution.checkpointing.externalized-checkpoint-retention",
-                    "RETAIN_ON_CANCELLATION")
+    conf["pipeline.jars"] = jars
+    conf["pipeline.name"] = cfg.job.name
+    conf["python.execution-mode"] = cfg.job.python_execution_mode
+    conf["execution.checkpointing.interval"] = f"{cfg.checkpoint.interval_ms} ms"
+    conf["execution.checkpointing.mode"] = "EXACTLY_ONCE"
+    conf["execution.checkpointing.min-pause"] = f"{cfg.checkpoint.min_pause_ms} ms"
+    conf["execution.checkpointing.timeout"] = f"{cfg.checkpoint.timeout_ms} ms"
+    conf["execution.checkpointing.externalized-checkpoint-retention"] = "RETAIN_ON_CANCELLATION"
     if cfg.checkpoint.dir:
-        conf.set_string("execution.checkpointing.dir", cfg.checkpoint.dir)
-    conf.set_string("state.backend.type", cfg.checkpoint.state_backend)
+        conf["execution.checkpointing.dir"] = cfg.checkpoint.dir
+    conf["state.backend.type"] = cfg.checkpoint.state_backend
     if cfg.checkpoint.state_backend == "rocksdb":
-        conf.set_string("execution.checkpointing.incremental",
-                        str(cfg.checkpoint.rocksdb_incremental).lower())
+        conf["execution.checkpointing.incremental"] = (
+            str(cfg.checkpoint.rocksdb_incremental).lower())
     # A job that fails for good must fail visibly, not restart forever.
-    conf.set_string("restart-strategy.type", "fixed-delay")
-    conf.set_string("restart-strategy.fixed-delay.attempts", str(cfg.job.restart_attempts))
-    conf.set_string("restart-strategy.fixed-delay.delay", "2 s")
+    conf["restart-strategy.type"] = "fixed-delay"
+    conf["restart-strategy.fixed-delay.attempts"] = str(cfg.job.restart_attempts)
+    conf["restart-strategy.fixed-delay.delay"] = "2 s"
     # Deterministic uids for every SQL transformation, so savepoints map back.
-    conf.set_string("table.exec.uid.generation", "ALWAYS")
+    conf["table.exec.uid.generation"] = "ALWAYS"
     # Periodic watermarks, explicitly: under `flink run` the interval otherwise comes from
     # the client's context environment, where it was 0 (no watermark ever left the source,
     # so windows fired only at the end of input or on stop-with-drain).
-    conf.set_string("pipeline.auto-watermark-interval", "200 ms")
+    conf["pipeline.auto-watermark-interval"] = "200 ms"
     if cfg.window.idle_timeout_ms:
-        conf.set_string("table.exec.source.idle-timeout", f"{cfg.window.idle_timeout_ms} ms")
+        conf["table.exec.source.idle-timeout"] = f"{cfg.window.idle_timeout_ms} ms"
+    # A mini-cluster's REST answers metrics from a cache refreshed this often (default
+    # 10 s; `sluice report` samples counters over seconds). A cluster sets its own.
+    conf["metrics.fetcher.update-interval"] = "1000"
+    # The performance profile last: its options win over the settings above.
+    conf.update(profile_flink_options(cfg.job.profile))
+    return conf
+
+
+def flink_configuration(cfg: SluiceConfig) -> Configuration:
+    """:func:`flink_options` as the Flink Configuration the environment is created with."""
+    conf = Configuration()
+    for key, value in flink_options(cfg).items():
+        conf.set_string(key, value)
     return conf
 
 

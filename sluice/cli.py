@@ -787,6 +787,50 @@ def demo(
 
 @app.command()
 @_fail_fast
+def report(
+    config: ConfigOpt = None,
+    flink_url: Annotated[str | None, typer.Option(
+        "--flink-url", help="Flink REST URL (default: the local stack's, stack.flink_rest_port)")] = None,
+    job_id: Annotated[str | None, typer.Option(
+        "--job-id", help="job id (default: the newest job named job.name)")] = None,
+    since: Annotated[str, typer.Option(help="start of the range: 15m, 2h, an ISO time or epoch ms")] = "15m",
+    until: Annotated[str | None, typer.Option(help="end of the range (default: now)")] = None,
+    sample_seconds: Annotated[float | None, typer.Option(
+        "--sample-seconds", help="how long to sample lag, CPU and memory (default report.sample_s)")] = None,
+    pid: Annotated[list[int] | None, typer.Option(
+        "--pid", help="another process of the job to measure (and its children), e.g. a mini-cluster")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder for report.html and report.json")] = (
+        REPO_ROOT / "out" / "report"),
+) -> None:
+    """Throughput per partition, lag, latency per stage, checkpoints, dead letters and
+    cost per million events of a running or finished job: tables here, a page with
+    charts in OUT/report.html (docs/observability.md)."""
+    import time as _time
+
+    from sluice.report import AlertEvent, collect, emit_alerts, parse_time, print_report, write_html
+
+    cfg = _config(config)
+    _preflight(cfg)
+    now = int(_time.time() * 1000)
+    since_ms = parse_time(since, now)
+    assert since_ms is not None
+    url = flink_url or f"http://127.0.0.1:{cfg.stack.flink_rest_port}"
+    with console.status("collecting") as spinner:
+        rep = collect(cfg, since_ms=since_ms, until_ms=parse_time(until, now), flink_url=url,
+                      job_id=job_id, sample_s=sample_seconds or cfg.report.sample_s,
+                      pids=list(pid or []), on_progress=spinner.update)
+    print_report(console, rep)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rep, indent=2, default=str) + "\n")
+    page = write_html(rep, out / "report.html")
+    alerts_file = emit_alerts(cfg, [AlertEvent(**a) for a in rep["alerts"]])
+    console.print(f"page: {page}   data: {out / 'report.json'}"
+                  + (f"   alerts: {alerts_file}" if alerts_file else ""))
+
+
+@app.command()
+@_fail_fast
 def submit(
     config: ConfigOpt = None,
     detached: Annotated[bool, typer.Option("--detached", "-d", help="return once submitted")] = False,

@@ -277,8 +277,18 @@ class CheckpointConfig(_Section):
     rocksdb_incremental: bool = True
 
 
+#: The folder of the performance profiles (flink-conf/profiles/<name>.yaml, docs/performance.md).
+PROFILES_DIR = REPO_ROOT / "flink-conf" / "profiles"
+Profile = Literal["default", "low-latency", "throughput"]
+
+
 class JobConfig(_Section):
     name: str = "sluice-pipeline"
+    # A performance profile (flink-conf/profiles/<profile>.yaml): Flink options the job
+    # sets (bundle size and time, Arrow batch size, buffer timeout, watermark interval)
+    # plus defaults for sluice keys (checkpoint.interval_ms, job.delivery_guarantee) that
+    # the config file does not set itself. default: no profile.
+    profile: Profile = "default"
     parallelism: int = Field(default=1, ge=1)
     python_execution_mode: Literal["process", "thread"] = "process"
     consumer_group: str = "sluice-pipeline"
@@ -644,6 +654,35 @@ class FeatureStoreConfig(_Section):
         return self
 
 
+class PricesConfig(_Section):
+    """What one unit of the measured resources costs (`sluice report`). Defaults: AWS
+    Fargate on-demand, Linux/x86, us-east-1 (per vCPU-hour and per GB-hour)."""
+
+    currency: str = "USD"
+    cpu_per_hour: float = Field(default=0.04048, ge=0)
+    memory_gb_per_hour: float = Field(default=0.004445, ge=0)
+
+
+class ReportConfig(_Section):
+    """`sluice report` (docs/observability.md): prices, alert thresholds, where alerts go."""
+
+    prices: PricesConfig = PricesConfig()
+    # Alert when the consumer lag of the job's group (all input partitions) exceeds this
+    # many records; None: no lag alert.
+    lag_records_max: int | None = Field(default=100_000, ge=0)
+    # Alert when the measured cost per million events exceeds this (in prices.currency);
+    # None: no cost alert.
+    cost_per_million_max: float | None = Field(default=1.0, ge=0)
+    # Every alert is appended as one JSON line to this file (relative to the config's
+    # folder) and, when set, produced as JSON to this Kafka topic.
+    alerts_file: Path = Path("out/report/alerts.jsonl")
+    alerts_topic: str | None = None
+    # How long `sluice report` samples CPU, memory, lag and counters of a running job.
+    sample_s: float = Field(default=10.0, gt=0)
+    # At most this many output records are read to break latency down by component.
+    latency_sample_records: int = Field(default=20_000, ge=1)
+
+
 class StackConfig(_Section):
     run_dir: Path = Path(".run")
     kafka_port: int = 19092
@@ -677,9 +716,27 @@ class SluiceConfig(BaseModel):
     generator: GeneratorConfig = GeneratorConfig()
     actions: ActionsConfig = ActionsConfig()
     feature_store: FeatureStoreConfig = FeatureStoreConfig()
+    report: ReportConfig = ReportConfig()
     stack: StackConfig = StackConfig()
     # Relative paths in the file are resolved against this folder.
     base_dir: Path = REPO_ROOT
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_profile(cls, data: Any) -> Any:
+        """The profile's sluice keys fill in what the config does not set itself."""
+        if not isinstance(data, dict) or not isinstance(data.get("job"), dict):
+            return data
+        name = data["job"].get("profile", "default")
+        if not isinstance(name, str) or name == "default":
+            return data
+        out = dict(data)
+        for section, values in profile_sluice_keys(name).items():
+            sec = dict(out.get(section) or {})
+            for key, value in values.items():
+                sec.setdefault(key, value)
+            out[section] = sec
+        return out
 
     @model_validator(mode="before")
     @classmethod
@@ -795,6 +852,33 @@ class SluiceConfig(BaseModel):
             return SluiceConfig.model_validate(data)
         except ValidationError as exc:
             raise ConfigError(_explain(exc, "overrides")) from None
+
+
+def load_profile(name: str) -> dict[str, dict[str, Any]]:
+    """flink-conf/profiles/<name>.yaml: ``{"flink": {option: value}, "sluice": {section:
+    {key: value}}}``; ConfigError naming the file if it is missing or malformed."""
+    if name == "default":
+        return {"flink": {}, "sluice": {}}
+    path = PROFILES_DIR / f"{name}.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"job.profile: {name}: cannot read {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"job.profile: {path} is not valid YAML: {exc}") from None
+    flink, sluice = doc.get("flink") or {}, doc.get("sluice") or {}
+    if not isinstance(flink, dict) or not isinstance(sluice, dict) or set(doc) - {"flink", "sluice"}:
+        raise ConfigError(f"job.profile: {path} must hold the mappings `flink` and `sluice` only")
+    return {"flink": {str(k): str(v) for k, v in flink.items()}, "sluice": sluice}
+
+
+def profile_flink_options(name: str) -> dict[str, str]:
+    """The Flink options of a profile, as the job sets them on its Configuration."""
+    return load_profile(name)["flink"]
+
+
+def profile_sluice_keys(name: str) -> dict[str, dict[str, Any]]:
+    return load_profile(name)["sluice"]
 
 
 def _secret_env(env: dict[str, str], name: str) -> tuple[str | None, str | None]:

@@ -45,6 +45,7 @@ from pyflink.datastream.window import (
 )
 
 from sluice.features import WAVEFORM_FIELD, WindowSpec
+from sluice.metrics import StageMetrics
 from sluice.native import AvroDecoder, AvroEncoder, FeatureAccumulator
 from sluice.native import FeatureSpec as NativeSpec
 from sluice.udfs import _SOURCE_SYMBOL
@@ -164,9 +165,15 @@ class DecodeEvent(MapFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.decoder = AvroDecoder(self.schema, record_as="dict")
         self.decoder.add_writer_schema(self.schema_id, self.schema)
+        # processed_at (the Ingest call) → here: dedup, the SQL→DataStream hop, queues.
+        self.metrics = StageMetrics(runtime_context, "features", ("records_in",),
+                                    ("ingest_to_features_ms",))
 
     def map(self, row: Row) -> tuple:
         _, rec = self.decoder.decode(row["ev"])
+        self.metrics.counter["records_in"].inc()
+        self.metrics.latency["ingest_to_features_ms"].observe(
+            time.time() * 1000 - _ms(rec["processed_at"]))
         frame = row["frame"] if rec["source"] == "SENSOR_FRAME" else None
         values = tuple(field_value(rec, f) for f in self.fields)
         return (rec["event_id"], rec["device_id"], rec.get("site_id"), rec["source"],
@@ -275,9 +282,12 @@ class FeatureWindow(ProcessWindowFunction):
     def open(self, runtime_context: RuntimeContext) -> None:
         self.encoder = AvroEncoder(self.schema, self.schema_id)
         self._specs = [NativeSpec(list(p.aggs)) for p in self.plans]
+        # How long after its end (wall clock) a window fires: watermark delay + operator.
+        self.metrics = StageMetrics(runtime_context, "features", ("vectors_out",),
+                                    ("window_end_to_vector_ms",))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k not in ("encoder", "_specs")}
+        return {k: v for k, v in self.__dict__.items() if k not in ("encoder", "_specs", "metrics")}
 
     def process(self, key: str, context: ProcessWindowFunction.Context,
                 elements: Iterable[Acc]) -> Iterable[Row]:
@@ -290,6 +300,8 @@ class FeatureWindow(ProcessWindowFunction):
             value = self.encoder.encode((
                 key, site, self.name, self.kind, w.start, w.end, n, features,
                 self.spec_version, int(time.time() * 1000)))
+            self.metrics.counter["vectors_out"].inc()
+            self.metrics.latency["window_end_to_vector_ms"].observe(time.time() * 1000 - w.end)
             yield Row(vector_key(key, self.name, w.start), value)
 
 
@@ -304,11 +316,13 @@ class LateRecordEncoder(ProcessFunction):
 
     def open(self, runtime_context: RuntimeContext) -> None:
         self.encoder = AvroEncoder(self.schema, self.schema_id)
+        self.metrics = StageMetrics(runtime_context, "features", ("late_records",))
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: v for k, v in self.__dict__.items() if k != "encoder"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("encoder", "metrics")}
 
     def process_element(self, value: tuple, ctx: ProcessFunction.Context) -> Iterable[Row]:
+        self.metrics.counter["late_records"].inc()
         wm = ctx.timer_service().current_watermark()
         yield Row(value[EVENT_ID], self.encoder.encode((
             value[EVENT_ID], value[DEVICE_ID], value[SOURCE], value[TS], self.name,

@@ -24,6 +24,8 @@ from pyflink.common import Row
 from pyflink.table import AggregateFunction, DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction
 
+from sluice.metrics import StageMetrics
+
 # Imported once at module load, not per record: eval() is the per-record hot path.
 from sluice.native import (
     AvroDecoder,
@@ -118,24 +120,10 @@ def _finite(*xs: float | None) -> bool:
     return all(x is None or -_INF < x < _INF for x in xs)
 
 
-class _NoCounter:
-    """Stands in for a Flink counter where metrics are off (python.metric.enabled=false)."""
-
-    count = 0
-
-    def inc(self, n: int = 1) -> None:
-        self.count += n
-
-
 def counters(function_context: FunctionContext | None, stage: str, names: tuple[str, ...]) -> dict:
     """Flink counters ``sluice.<stage>.<name>`` (visible in the Flink UI / REST and the
     metrics reporters), or local stand-ins when the job runs without Python metrics."""
-    try:
-        group = function_context.get_metric_group()  # type: ignore[union-attr]
-    except (AttributeError, RuntimeError):
-        return {name: _NoCounter() for name in names}
-    group = group.add_group("sluice").add_group(stage)
-    return {name: group.counter(name) for name in names}
+    return StageMetrics(function_context, stage, names).counter
 
 
 class _Rejected(Exception):
@@ -221,9 +209,13 @@ class Ingest(ScalarFunction):
         self.bad_ids: dict[int, tuple[str, str, str]] = {}
         # Ids given up on while the registry was unreachable: id → (retry after, failure).
         self.unreachable: dict[int, tuple[float, tuple[str, str, str]]] = {}
-        self.counters = counters(function_context, "ingest", (
+        # Per-record latency by component: Kafka record timestamp (event time for sluice's
+        # producers) → this call; decoding; checks + enrichment + encoding.
+        self.metrics = StageMetrics(function_context, "ingest", (
             "records_in", "records_out", "dead_letters", "quality_blocked", "quality_warnings",
-            "bad_sequence_header"))
+            "bad_sequence_header"), ("kafka_to_ingest_ms", "decode_us", "enrich_encode_us"))
+        self.counters = self.metrics.counter
+        self.latency = self.metrics.latency
         # v3 and later end with `seq`; v2 (a job not yet upgraded) does not have it.
         fields = [f["name"] for f in json.loads(self.enriched_schema)["fields"]]
         self.with_seq = fields[-1] == "seq"
@@ -262,6 +254,8 @@ class Ingest(ScalarFunction):
 
     def eval(self, value, key, topic, partition, offset, kafka_ts, seq=None):  # type: ignore[no-untyped-def]
         self.counters["records_in"].inc()
+        t0 = time.perf_counter_ns()
+        self.latency["kafka_to_ingest_ms"].observe(time.time() * 1000 - epoch_ms(kafka_ts))
         self.seq = self._sequence(seq) if seq is not None else None
         source = self.topics.get(topic, TELEMETRY)
         if value is None:  # a tombstone: nothing to decode, but it must not vanish
@@ -280,8 +274,12 @@ class Ingest(ScalarFunction):
                 canonical, columns = self._frame(value)
             else:
                 canonical, columns = self._work_order(value)
+            t1 = time.perf_counter_ns()
+            self.latency["decode_us"].observe((t1 - t0) / 1000)
             self._check_time(canonical[2], epoch_ms(kafka_ts))
-            return self._accept(source, canonical, columns, schema_id, topic, partition, offset)
+            row = self._accept(source, canonical, columns, schema_id, topic, partition, offset)
+            self.latency["enrich_encode_us"].observe((time.perf_counter_ns() - t1) / 1000)
+            return row
         except _UnknownWriter as exc:
             error_class, detail, reason = exc.failure
             return self._dead(value, key, topic, partition, offset, kafka_ts, source,
@@ -411,8 +409,10 @@ class DuplicateEvent(ScalarFunction):
 
     def open(self, function_context: FunctionContext) -> None:
         self.dlq_encoder = AvroEncoder(self.dlq_schema, self.dlq_id)
+        self.counters = counters(function_context, "dedup", ("dead_letters",))
 
     def eval(self, value, key, topic, partition, offset, kafka_ts, event_id, seen):  # type: ignore[no-untyped-def]
+        self.counters["dead_letters"].inc()
         return dead_letter(
             self.dlq_encoder, value, key, topic, partition, offset, kafka_ts,
             "DuplicateEventError", "duplicate-event-id",
@@ -536,9 +536,15 @@ class ScoreWindow(ScalarFunction):
     def open(self, function_context: FunctionContext) -> None:
         self.score_encoder = AvroEncoder(self.score_schema, self.score_id)
         self.alert_encoder = AvroEncoder(self.alert_schema, self.alert_id)
+        # How long after its end (wall clock) a window is scored: the watermark's delay
+        # (out-of-orderness, idle partitions) plus the window operator and this call.
+        self.metrics = StageMetrics(function_context, "score", ("windows_in", "alerts_out"),
+                                    ("window_end_to_score_ms",))
 
     def eval(self, device_id, site_id, window_start, window_end, count, mean, mx, threshold):  # type: ignore[no-untyped-def]
         start, end = epoch_ms(window_start), epoch_ms(window_end)
+        self.metrics.counter["windows_in"].inc()
+        self.metrics.latency["window_end_to_score_ms"].observe(time.time() * 1000 - end)
         score = threshold_score(mean, threshold)
         is_alert = score >= 1.0
         score_value = self.score_encoder.encode(
@@ -547,6 +553,7 @@ class ScoreWindow(ScalarFunction):
         )
         alert_value = None
         if is_alert:
+            self.metrics.counter["alerts_out"].inc()
             alert_value = self.alert_encoder.encode(
                 (alert_key(device_id, start), device_id, site_id, start, end, self.metric, mean,
                  threshold, score, severity(score), self.model_version)

@@ -44,6 +44,17 @@ class StackPorts:
     flink_rpc: int = 18083
     #: redis-server: the online feature store (docs/feature-store.md).
     redis: int = 16379
+    # First of the Prometheus reporter's ports (JobManager and TaskManager take the first
+    # free ones of PROMETHEUS_PORTS from here). Flink 2.2's reporter binds every
+    # interface, not only loopback (docs/observability.md).
+    flink_prometheus: int = 18084
+
+    #: How many ports the Prometheus reporter may try, from flink_prometheus on.
+    PROMETHEUS_PORTS = 4
+
+    @property
+    def flink_prometheus_range(self) -> str:
+        return f"{self.flink_prometheus}-{self.flink_prometheus + self.PROMETHEUS_PORTS - 1}"
 
     def for_component(self, component: str) -> dict[str, int]:
         """The ports a component listens on, by field name (empty for the TaskManager)."""

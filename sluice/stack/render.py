@@ -227,6 +227,7 @@ def flink_config_yaml(
         {
             "flink_rest_port": ports.flink_rest,
             "flink_rpc_port": ports.flink_rpc,
+            "flink_prometheus_ports": ports.flink_prometheus_range,
             "python": python,
             "log_dir": d["log"],
             "pid_dir": d["pid"],
