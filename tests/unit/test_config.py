@@ -32,7 +32,7 @@ def test_repo_config_loads() -> None:
     assert cfg.job.startup_mode == raw["job"]["startup_mode"]
     names = ("telemetry", "sensor_frames", "maintenance", "enriched", "scores", "alerts", "dlq",
              "quality", "dlq_replays", "devices", "joined", "features", "late", "drift",
-             "retrain_triggers", "model_updates", "action_dlq")
+             "retrain_triggers", "model_updates", "action_dlq", "model_scores")
     assert cfg.topics.all() == [raw["topics"][k] for k in names]
     assert cfg.kafka.sasl_password is None
     # the schema files it points at exist
