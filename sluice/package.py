@@ -56,10 +56,11 @@ DEFAULT_JOB = REPO_ROOT / "jobs" / "pipeline.py"
 DEFAULT_COMPATIBILITY = "manylinux_2_34"
 ENV_ARCHIVE = "python-env.zip"
 ENV_DIR = "venv"
-# Where the archive's interpreter is, relative to the package folder, once Flink has
-# extracted it on a worker (into a folder named after the archive) and on the client.
+# Where the archive's interpreter is once Flink has extracted it (into a folder named
+# after the archive): on every worker, and on the client too (with -pyarch, `flink run`
+# extracts the archives for the client and resolves -pyclientexec inside them).
 WORKER_PYTHON = f"{ENV_ARCHIVE}/{ENV_DIR}/bin/python"
-CLIENT_PYTHON = f"{ENV_DIR}/bin/python"
+CLIENT_PYTHON = WORKER_PYTHON
 # Never inside the archive: the Flink distribution's jars (the cluster has its own; the
 # workers run Python only and the client talks to the `flink` CLI's JVM), and what
 # only serves development. Saves ~330 MB per TaskManager extraction.
@@ -293,28 +294,30 @@ def package_config(raw: dict, cfg: SluiceConfig, jar_names: Iterable[str]) -> di
 
 def flink_command(jar_names: Iterable[str], *, job: str = "jobs/pipeline.py",
                   config: str = "sluice.yaml", detached: bool = False) -> list[str]:
-    """`flink run` from inside the package folder, with any Flink 2.2 distribution's CLI."""
+    """`flink run` from inside the package folder, with any Flink 2.2 distribution's CLI.
+    The script and its config are ``$PWD/...``: the client Python runs inside the folder
+    where `flink run` unpacked the archive, so relative paths would not resolve."""
     cmd = ["flink", "run"]
     if detached:
         cmd.append("-d")
     cmd += ["-pyarch", ENV_ARCHIVE, "-pyexec", WORKER_PYTHON, "-pyclientexec", CLIENT_PYTHON]
     for name in jar_names:
         cmd += ["-j", f"jars/{name}"]
-    return cmd + ["-py", job, "--config", config]
+    return cmd + ["-py", f"$PWD/{job}", "--config", f"$PWD/{config}"]
 
 
 def submit_lines(command: list[str]) -> list[str]:
-    """The copy-pasteable shell lines: the client's Python is the same archive, unpacked
-    once next to it (the workers unpack their own copy)."""
-    return [f"test -x {CLIENT_PYTHON} || unzip -q {ENV_ARCHIVE}", shlex.join(command)]
+    """The copy-pasteable shell lines (one: `flink run` unpacks the archive itself, for
+    the client and for every worker)."""
+    return [" ".join(f'"{a}"' if a.startswith("$PWD/") else shlex.quote(a) for a in command)]
 
 
 def write_manifest(out: Path, meta: dict) -> Path:
     files = []
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         rel = path.relative_to(out).as_posix()
-        if rel == "manifest.json" or rel.startswith(f"{ENV_DIR}/"):
-            continue  # the unpacked client copy of the archive is not part of the package
+        if rel == "manifest.json":
+            continue
         files.append({"path": rel, "size": path.stat().st_size, "sha256": sha256_file(path)})
     manifest = out / "manifest.json"
     manifest.write_text(json.dumps({**meta, "files": files}, indent=2) + "\n")
@@ -335,8 +338,7 @@ def verify_manifest(out: Path) -> list[str]:
             problems.append(f"sha256 differs: {entry['path']}")
     for path in out.rglob("*"):
         rel = path.relative_to(out).as_posix()
-        if (path.is_file() and rel not in listed and rel != "manifest.json"
-                and not rel.startswith(f"{ENV_DIR}/")):
+        if path.is_file() and rel not in listed and rel != "manifest.json":
             problems.append(f"not in the manifest: {rel}")
     return problems
 

@@ -32,9 +32,13 @@ def test_manifest_check_catches_a_changed_file(tmp_path: Path) -> None:
 def test_the_command_runs_the_archive_on_workers_and_client() -> None:
     cmd = flink_command(["k.jar"])
     assert cmd == ["flink", "run", "-pyarch", "python-env.zip",
-                   "-pyexec", "python-env.zip/venv/bin/python", "-pyclientexec", "venv/bin/python",
-                   "-j", "jars/k.jar", "-py", "jobs/pipeline.py", "--config", "sluice.yaml"]
-    assert submit_lines(cmd)[0] == "test -x venv/bin/python || unzip -q python-env.zip"
+                   "-pyexec", "python-env.zip/venv/bin/python",
+                   "-pyclientexec", "python-env.zip/venv/bin/python",
+                   "-j", "jars/k.jar", "-py", "$PWD/jobs/pipeline.py", "--config", "$PWD/sluice.yaml"]
+    assert submit_lines(cmd) == [
+        "flink run -pyarch python-env.zip -pyexec python-env.zip/venv/bin/python -pyclientexec "
+        'python-env.zip/venv/bin/python -j jars/k.jar -py "$PWD/jobs/pipeline.py" '
+        '--config "$PWD/sluice.yaml"']
 
 
 def test_packaged_config_resolves_against_its_own_folder(tmp_path: Path) -> None:
