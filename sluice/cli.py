@@ -861,6 +861,48 @@ def submit(
 
 
 @app.command()
+def package(
+    config: ConfigOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="output folder (replaced)")] = Path("out/package"),
+    compatibility: Annotated[str, typer.Option(
+        help="manylinux tag of the wheel (maturin --compatibility)")] = "manylinux_2_34",
+    zig: Annotated[bool, typer.Option(
+        help="link with zig (maturin --zig; needs the ziglang package)")] = False,
+) -> None:
+    """Build everything `flink run` needs to run the pipeline on any Flink 2.2 cluster whose
+    workers lack our Python: the wheel (Rust module included), a relocatable Python 3.11
+    environment archive, the connector jars, job files, config, manifest.json, and the
+    command to submit it (docs/deploy.md)."""
+    from sluice.package import DEFAULT_OUT, PackageError, build_package
+
+    with console.status("packaging") as status:
+        try:
+            res = build_package(config, out if out != Path("out/package") else DEFAULT_OUT,
+                                compatibility=compatibility, zig=zig,
+                                progress=lambda msg: status.update(escape(msg)))
+        except (PackageError, ConfigError) as exc:
+            console.print(f"[red]{escape(str(exc))}[/red]")
+            raise typer.Exit(1) from None
+    t = Table(title=f"sluice package: {res.out}", show_header=True)
+    t.add_column("part")
+    t.add_column("file")
+    t.add_column("MB", justify="right")
+    for part, path in (("wheel", res.wheel), ("Python env", res.archive),
+                       *(("jar", j) for j in sorted((res.out / "jars").glob("*.jar"))),
+                       ("config", res.out / "sluice.yaml"), ("manifest", res.manifest)):
+        t.add_row(part, str(path.relative_to(res.out)), f"{path.stat().st_size / 1e6:.1f}")
+    console.print(t)
+    how = "from cache" if res.archive_cached else "built"
+    console.print(f"wheel {res.timings['wheel_s']:.0f} s, environment {how} in "
+                  f"{res.timings['environment_s']:.0f} s")
+    # Plain lines, no markup or wrapping: they are meant to be copied.
+    print(f"\nRun from {res.out} with a Flink 2.2 `flink` on PATH (FLINK_CONF_DIR or -m host:port "
+          "names the cluster; secrets only in the environment):\n")
+    for line in res.command_lines():
+        print(line)
+
+
+@app.command()
 @_fail_fast
 def verify(
     config: ConfigOpt = None,
