@@ -83,6 +83,8 @@ def flink_configuration(cfg: SluiceConfig) -> Configuration:
     conf.set_string("pipeline.jars", jars)
     conf.set_string("pipeline.name", cfg.job.name)
     conf.set_string("python.execution-mode", cfg.job.python_execution_mode)
+    # Explicit, because the idle timeout is validated against it (sluice/config.py).
+    conf.set_string("python.fn-execution.bundle.time", str(cfg.job.python_bundle_time_ms))
     conf.set_string("execution.checkpointing.interval", f"{cfg.checkpoint.interval_ms} ms")
     conf.set_string("execution.checkpointing.mode", "EXACTLY_ONCE")
     conf.set_string("execution.checkpointing.min-pause", f"{cfg.checkpoint.min_pause_ms} ms")
