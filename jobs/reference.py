@@ -68,6 +68,7 @@ def add_reference_joins(t_env: StreamTableEnvironment, stmts: StatementSet,
         unknown_device=ref.unknown_device, before_ms=ref.maintenance_before_ms,
         after_ms=ref.maintenance_after_ms,
         out_of_orderness_ms=cfg.window.out_of_orderness_ms, job_name=cfg.job.name,
+        device_state_ttl_ms=ref.device_state_ttl_ms,
     )
     # A bad sites file must fail the job at submit time, not in a worker.
     from sluice.reference import load_sites
