@@ -380,6 +380,11 @@ class ReferenceConfig(_Section):
     # is forgotten: its versions, deletions and work orders are cleared, and its next
     # readings are unknown devices until a version is published again. 0: never.
     device_state_ttl_ms: int = Field(default=30 * 86_400_000, ge=0)
+    # The devices source's own idle timeout (its watermark, valid_from - out-of-orderness,
+    # is usually far behind the readings, and holds the join back until it is idle).
+    # Same rule as window.idle_timeout_ms against job.python_bundle_time_ms. 0: the
+    # window.idle_timeout_ms of every source.
+    devices_idle_timeout_ms: int = Field(default=5_000, ge=0)
 
 
 class GeneratorConfig(_Section):
@@ -592,11 +597,17 @@ class SluiceConfig(BaseModel):
         therefore end, at every Python operator in a row, before a source can go idle:
         a bundle ends within 2 bundle times, two Python operators are in a row before
         the join and the windows, plus 1 s for the watermark interval and the network."""
-        idle, bundle = self.window.idle_timeout_ms, self.job.python_bundle_time_ms
+        bundle = self.job.python_bundle_time_ms
         need = 4 * bundle + 1_000
-        if idle and idle < need:
+        checks = [("window.idle_timeout_ms", self.window.idle_timeout_ms)]
+        if self.reference.joins:
+            checks.append(("reference.devices_idle_timeout_ms",
+                           self.reference.devices_idle_timeout_ms))
+        for key, idle in checks:
+            if not idle or idle >= need:
+                continue
             raise ValueError(
-                f"window.idle_timeout_ms ({idle}) must be 0 or at least 4 x "
+                f"{key} ({idle}) must be 0 or at least 4 x "
                 f"job.python_bundle_time_ms + 1000 ms ({need}): a shorter idle timeout lets "
                 "a source go idle while a Python operator still holds its last watermark, "
                 "which Flink then drops, and windows and the reference join stall until "

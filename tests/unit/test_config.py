@@ -247,6 +247,18 @@ def test_idle_timeout_must_outlast_python_bundles(tmp_path: Path, idle: int, bun
             load_config(p, env=env)
 
 
+def test_devices_idle_timeout_follows_the_same_rule(tmp_path: Path) -> None:
+    """Checked only where it is used: with the reference joins on."""
+    p = write(tmp_path, {"reference": {"joins": True}})
+    assert load_config(p, env={}).reference.devices_idle_timeout_ms == 5_000
+    short = {"SLUICE__REFERENCE__DEVICES_IDLE_TIMEOUT_MS": "2000"}
+    with pytest.raises(ConfigError, match=r"reference.devices_idle_timeout_ms \(2000\)"):
+        load_config(p, env=short)
+    cfg = load_config(p, env={**short, "SLUICE__JOB__PYTHON_BUNDLE_TIME_MS": "100"})
+    assert cfg.reference.devices_idle_timeout_ms == 2_000
+    assert load_config(write(tmp_path, {}), env=short).reference.joins is False
+
+
 def test_relative_paths_resolve_against_config_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
