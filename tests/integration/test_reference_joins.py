@@ -412,3 +412,16 @@ def test_devices_publish_cli_writes_keyed_versions_stamped_valid_from(
     assert got == [(b"dev-a", 1705276800000, 1705276800000, 0.0, 75.0),
                    (b"dev-a", 1772366400000, 1772366400000, 1.25, 75.0),
                    (b"dev-b", 1700000000000, 1700000000000, 0.0, None)]
+
+
+def test_devices_delete_cli_writes_tombstones(stack: SluiceConfig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`sluice devices delete`: one tombstone (null value) per device, record timestamp =
+    --at; the join deletes the device from then on (test_joined_output_equals_the_oracle)."""
+    cfg = unique_config(stack, "ref-del")
+    out = run_job([PYTHON, "-m", "sluice.cli", "devices", "delete", "dev-a", "dev-b", "--at",
+                   "2026-03-01T12:00:00", "--config", str(write_config(cfg, tmp_path))],
+                  timeout=120)
+    assert "deleted 2 device(s) at 1772366400000" in out
+    recs = read_committed(cfg, [cfg.topics.devices], idle_timeout=3)[cfg.topics.devices]
+    assert sorted((r.key, r.value, r.timestamp_ms) for r in recs) == [
+        (b"dev-a", None, 1772366400000), (b"dev-b", None, 1772366400000)]
