@@ -84,6 +84,8 @@ def flink_options(cfg: SluiceConfig) -> dict[str, str]:
     conf["pipeline.jars"] = jars
     conf["pipeline.name"] = cfg.job.name
     conf["python.execution-mode"] = cfg.job.python_execution_mode
+    # Explicit, because the idle timeout is validated against it (sluice/config.py).
+    conf["python.fn-execution.bundle.time"] = str(cfg.job.python_bundle_time_ms)
     conf["execution.checkpointing.interval"] = f"{cfg.checkpoint.interval_ms} ms"
     conf["execution.checkpointing.mode"] = "EXACTLY_ONCE"
     conf["execution.checkpointing.min-pause"] = f"{cfg.checkpoint.min_pause_ms} ms"

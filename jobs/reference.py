@@ -26,6 +26,10 @@ def _devices_source_ddl(cfg: SluiceConfig, kafka_props: str) -> str:
     # readings' startup mode (after a restore, the source resumes from its checkpoint).
     bounded = ",\n'scan.bounded.mode' = 'latest-offset'" if cfg.job.bounded else ""
     ooo = f"{cfg.window.out_of_orderness_ms / 1000:.3f}"
+    # Its own idle timeout (FLIP-296 table option): versions are rare and far behind the
+    # readings, so this source holds the join back until it is idle.
+    idle = cfg.reference.devices_idle_timeout_ms
+    idle_opt = f",\n'scan.watermark.idle-timeout' = '{idle} ms'" if idle else ""
     return f"""
         CREATE TEMPORARY TABLE devices_raw (
             `key` BYTES,
@@ -42,7 +46,7 @@ def _devices_source_ddl(cfg: SluiceConfig, kafka_props: str) -> str:
             'key.fields' = 'key',
             'value.format' = 'raw',
             'value.fields-include' = 'EXCEPT_KEY',
-            'scan.startup.mode' = 'earliest-offset'{bounded}
+            'scan.startup.mode' = 'earliest-offset'{bounded}{idle_opt}
         )"""
 
 
@@ -68,6 +72,7 @@ def add_reference_joins(t_env: StreamTableEnvironment, stmts: StatementSet,
         unknown_device=ref.unknown_device, before_ms=ref.maintenance_before_ms,
         after_ms=ref.maintenance_after_ms,
         out_of_orderness_ms=cfg.window.out_of_orderness_ms, job_name=cfg.job.name,
+        device_state_ttl_ms=ref.device_state_ttl_ms,
     )
     # A bad sites file must fail the job at submit time, not in a worker.
     from sluice.reference import load_sites

@@ -519,6 +519,30 @@ def devices_publish(
                   f"{len({v.device_id for v in versions})} device(s) to {cfg.topics.devices}")
 
 
+@devices_app.command("delete")
+def devices_delete(
+    device_ids: Annotated[list[str], typer.Argument(help="the device ids to delete")],
+    at: Annotated[str | None, typer.Option(
+        help="deletion time (epoch ms or ISO date/time, UTC); default: now")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete devices: a tombstone (null value, record timestamp: --at) per device on the
+    compacted devices topic. Readings at or after that time are unknown devices
+    (held, then flagged or dead-lettered) until a later version is published."""
+    import time
+
+    from sluice.reference import DeviceDeletion, _epoch_ms, publish_devices
+
+    cfg = _config(config)
+    try:
+        when = _epoch_ms(at) if at is not None else int(time.time() * 1000)
+        n = publish_devices(cfg, [DeviceDeletion(d, when) for d in device_ids])
+    except (OSError, ValueError, RuntimeError) as exc:
+        console.print(f"[red]{escape(str(exc))}[/red]")
+        raise typer.Exit(1) from None
+    console.print(f"deleted {n} device(s) at {when} on {cfg.topics.devices}")
+
+
 @features_app.command("check")
 def features_check(
     file: Annotated[Path | None, typer.Argument(

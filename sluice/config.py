@@ -304,6 +304,11 @@ class JobConfig(_Section):
     # True: stop at the end offsets seen at start (batch-like runs, tests).
     bounded: bool = False
     restart_attempts: int = Field(default=3, ge=0)
+    # python.fn-execution.bundle.time: a process-mode Python operator sends its records to
+    # the Python worker in bundles finished at least this often, and holds back every
+    # watermark until the bundle is finished. window.idle_timeout_ms must be well above it
+    # (see _idleness_outlasts_bundles and docs/event-time.md).
+    python_bundle_time_ms: int = Field(default=1_000, gt=0)
     jars: list[Path] = Field(
         default_factory=lambda: [Path(".deps/flink-jars/flink-sql-connector-kafka-5.0.0-2.2.jar")]
     )
@@ -465,6 +470,16 @@ class ReferenceConfig(_Section):
     # The reading waits for the watermark to pass ts + maintenance_after_ms.
     maintenance_before_ms: int = Field(default=3_600_000, ge=0)
     maintenance_after_ms: int = Field(default=0, ge=0)
+    # State TTL of the join, per device (processing time): a device without any record
+    # (reading, version, tombstone, work order) for this long, and no reading waiting,
+    # is forgotten: its versions, deletions and work orders are cleared, and its next
+    # readings are unknown devices until a version is published again. 0: never.
+    device_state_ttl_ms: int = Field(default=30 * 86_400_000, ge=0)
+    # The devices source's own idle timeout (its watermark, valid_from - out-of-orderness,
+    # is usually far behind the readings, and holds the join back until it is idle).
+    # Same rule as window.idle_timeout_ms against job.python_bundle_time_ms. 0: the
+    # window.idle_timeout_ms of every source.
+    devices_idle_timeout_ms: int = Field(default=5_000, ge=0)
 
 
 class AnomalyConfig(_Section):
@@ -793,6 +808,34 @@ class SluiceConfig(BaseModel):
                 "quality.audit runs great-expectations in a pandas UDAF, which PyFlink runs in "
                 "process mode only: set job.python_execution_mode: process, or quality.audit: "
                 "false (the per-record Rust checks run in both modes)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _idleness_outlasts_bundles(self) -> SluiceConfig:
+        """A process-mode Python operator holds each watermark until its bundle is
+        finished, but passes an IDLE status on at once; the watermark it emits after that
+        is dropped (Flink drops watermarks on an output announced idle) and is never sent
+        again, so everything waiting for it stalls (docs/event-time.md). The bundle must
+        therefore end, at every Python operator in a row, before a source can go idle:
+        a bundle ends within 2 bundle times, two Python operators are in a row before
+        the join and the windows, plus 1 s for the watermark interval and the network."""
+        bundle = self.job.python_bundle_time_ms
+        need = 4 * bundle + 1_000
+        checks = [("window.idle_timeout_ms", self.window.idle_timeout_ms)]
+        if self.reference.joins:
+            checks.append(("reference.devices_idle_timeout_ms",
+                           self.reference.devices_idle_timeout_ms))
+        for key, idle in checks:
+            if not idle or idle >= need:
+                continue
+            raise ValueError(
+                f"{key} ({idle}) must be 0 or at least 4 x "
+                f"job.python_bundle_time_ms + 1000 ms ({need}): a shorter idle timeout lets "
+                "a source go idle while a Python operator still holds its last watermark, "
+                "which Flink then drops, and windows and the reference join stall until "
+                "newer data arrives (docs/event-time.md). Raise the idle timeout or lower "
+                "the bundle time"
             )
         return self
 

@@ -156,6 +156,12 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     topics = cfg.topics.all()
     delete_topics(cfg, topics)
     ensure_topics(cfg)
+    if cfg.reference.joins:
+        # The join needs the device registry on the (just re-created) devices topic:
+        # the CSV's devices, each valid from its installation date.
+        from sluice.reference import publish_devices, versions_from_csv
+
+        publish_devices(cfg, versions_from_csv(cfg.path(cfg.reference.devices_csv)))
     cfg_path = dump_config(cfg, out_dir / "sluice.yaml")
 
     items = plan(cfg, start_ms=0, step_ms=0)  # live: each reading is stamped when sent
@@ -164,6 +170,8 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
     stop_reading = threading.Event()
     out_topics = [cfg.topics.enriched, cfg.topics.dlq, cfg.topics.scores, cfg.topics.alerts,
                   cfg.topics.quality, cfg.topics.features, cfg.topics.late]
+    if cfg.reference.joins:
+        out_topics.append(cfg.topics.joined)
 
     def reader() -> None:
         read_committed(cfg, out_topics, until=lambda _: stop_reading.is_set(), max_wait=3600,
@@ -217,7 +225,11 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
         job.kill()
 
     enriched = _decode_all(cfg, watch.records.get(cfg.topics.enriched, []))
-    dlq = _decode_all(cfg, watch.records.get(cfg.topics.dlq, []))
+    dlq_all = _decode_all(cfg, watch.records.get(cfg.topics.dlq, []))
+    # The join's unknown-device dead letters (reference.unknown_device: dead-letter) are
+    # accepted readings, already counted in telemetry.enriched: not part of in = out + dlq.
+    dlq = [d for d in dlq_all if d["reason"] != "unknown-device"]
+    joined = _decode_all(cfg, watch.records.get(cfg.topics.joined, []))
     latencies = [
         rec.read_at_ms - int(e["ts"].timestamp() * 1000)
         for rec, e in zip(watch.records.get(cfg.topics.enriched, []), enriched, strict=True)
@@ -259,6 +271,10 @@ def run_demo(cfg: SluiceConfig, *, out_dir: Path, console: Console | None = None
         "model_scores": scoring["scores"],
         "model_training": scoring["training"],
         "drift_events": scoring["drift_events"],
+        "joined": ({"records": len(joined),
+                    "by_status": dict(Counter(j["reference_status"] for j in joined)),
+                    "unknown_device_dead_letters": len(dlq_all) - len(dlq)}
+                   if cfg.reference.joins else None),
         "throughput_eps": round(gen.total / span, 1),
         "input_rate_eps": cfg.generator.rate_eps,
         "latency_ms_p50": _percentile(latencies, 50),
@@ -462,6 +478,9 @@ def _print_summary(console: Console, s: dict[str, Any], out_dir: Path) -> None:
         *((f"  {w}", n) for w, n in s["features"]["by_window"].items()),
         ("late records (feature windows)", s["late"]["records"]),
         _store_row(s["feature_store"]),
+        *((("joined readings (telemetry.joined)", s["joined"]["records"]),
+           *((f"  {st.lower()}", n) for st, n in s["joined"]["by_status"].items()))
+          if s.get("joined") else ()),
         ("state: last checkpoint / final savepoint",
          f'{s["state"]["last_checkpoint"].get("state_size", "?")} B / '
          f'{s["state"]["final_savepoint_bytes"]} B'),

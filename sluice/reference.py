@@ -50,6 +50,15 @@ class DeviceVersion:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class DeviceDeletion:
+    """A tombstone (null value) for a device on the devices topic: the device is deleted
+    from ``at`` (epoch ms; the record timestamp) on, until a later version."""
+
+    device_id: str
+    at: int
+
+
 def _epoch_ms(text: str) -> int:
     """Epoch ms from an integer or an ISO date / datetime (UTC when no zone is given)."""
     text = text.strip()
@@ -106,9 +115,11 @@ def versions_from_csv(path: Path, valid_from: int | None = None) -> list[DeviceV
     return out
 
 
-def publish_devices(cfg: SluiceConfig, versions: Iterable[DeviceVersion]) -> int:
+def publish_devices(cfg: SluiceConfig,
+                    versions: Iterable[DeviceVersion | DeviceDeletion]) -> int:
     """Produce the versions as Device Avro upserts on ``topics.devices`` (key: device id,
-    record timestamp: valid_from), in the order given. Returns how many were sent."""
+    record timestamp: valid_from) and the deletions as tombstones (null value, record
+    timestamp: the deletion time), in the order given. Returns how many were sent."""
     from confluent_kafka import Producer
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroSerializer
@@ -136,16 +147,20 @@ def publish_devices(cfg: SluiceConfig, versions: Iterable[DeviceVersion]) -> int
     n = 0
     try:
         for v in versions:
-            producer.produce(cfg.topics.devices, key=v.device_id.encode(),
-                             value=serializer(v.as_avro(), ctx), timestamp=v.valid_from,
-                             on_delivery=done)
+            if isinstance(v, DeviceDeletion):
+                producer.produce(cfg.topics.devices, key=v.device_id.encode(), value=None,
+                                 timestamp=v.at, on_delivery=done)
+            else:
+                producer.produce(cfg.topics.devices, key=v.device_id.encode(),
+                                 value=serializer(v.as_avro(), ctx), timestamp=v.valid_from,
+                                 on_delivery=done)
             producer.poll(0)
             n += 1
         left = producer.flush(60)
     finally:
         client.close()
     if left or errors:
-        raise RuntimeError(f"{left} device versions undelivered; errors: {errors[:3]}")
+        raise RuntimeError(f"{left} device records undelivered; errors: {errors[:3]}")
     return n
 
 
@@ -218,16 +233,44 @@ class SitesTable:
 # -- the join rules (pure; the operator below keeps their inputs in Flink state) --------
 
 
-def version_at(valid_froms: list[int], t: int, hold_ms: int) -> tuple[str, int | None]:
-    """The device version for a reading at ``t``, from the sorted valid_from list:
-    (VALID, the latest valid_from <= t); else (LATE, the first valid_from) when that is
-    within ``hold_ms`` after t; else (MISSING, None)."""
+def version_at(valid_froms: list[int], t: int, hold_ms: int,
+               deleted_at: list[int] = ()) -> tuple[str, int | None]:  # type: ignore[assignment]
+    """The device version for a reading at ``t``, from the sorted valid_from list and the
+    sorted times of the device's deletions (tombstones on the devices topic):
+
+    * (VALID, the latest valid_from <= t) unless a deletion at or before t is at least as
+      recent (a deletion and a version at the same millisecond: the deletion wins);
+    * else the device is unknown at t (never registered, or deleted): (LATE, the first
+      valid_from after t) when that is within ``hold_ms`` after t;
+    * else (MISSING, None)."""
     i = bisect.bisect_right(valid_froms, t)
-    if i > 0:
+    j = bisect.bisect_right(deleted_at, t)
+    if i > 0 and (j == 0 or valid_froms[i - 1] > deleted_at[j - 1]):
         return VALID, valid_froms[i - 1]
-    if valid_froms and valid_froms[0] <= t + hold_ms:
-        return LATE, valid_froms[0]
+    if i < len(valid_froms) and valid_froms[i] <= t + hold_ms:
+        return LATE, valid_froms[i]
     return MISSING, None
+
+
+def state_expired(last_access_ms: int | None, now_ms: int, ttl_ms: int, waiting: bool) -> bool:
+    """Whether a device's reference state (versions, deletions, work orders) is cleared
+    now: it has seen no record at all for ``ttl_ms`` of processing time and no reading of
+    it is waiting (a waiting reading is never dropped; the clean-up waits for it).
+    ``ttl_ms`` 0: never."""
+    return (ttl_ms > 0 and last_access_ms is not None and not waiting
+            and now_ms - last_access_ms >= ttl_ms)
+
+
+def prune_before_deletions(valid_froms: list[int], deleted_at: list[int],
+                           horizon: int) -> tuple[list[int], list[int]]:
+    """What a deletion at d < ``horizon`` (no reading at or before it can still come)
+    makes obsolete: every version valid from d or earlier, and the deletion itself.
+    Returns (versions to remove, deletions to remove)."""
+    gone = [d for d in deleted_at if d < horizon]
+    if not gone:
+        return [], []
+    last = max(gone)
+    return [v for v in valid_froms if v <= last], gone
 
 
 def latest_maintenance(events: Iterable[tuple[int, str, str]], t: int, before_ms: int,
@@ -245,8 +288,8 @@ def latest_maintenance(events: Iterable[tuple[int, str, str]], t: int, before_ms
 
 try:  # the operator needs PyFlink; the rest of this module (CLI, tests) does not
     from pyflink.common import Row, Types
-    from pyflink.datastream import KeyedCoProcessFunction
-    from pyflink.datastream.state import MapStateDescriptor
+    from pyflink.datastream import KeyedCoProcessFunction, TimeDomain
+    from pyflink.datastream.state import MapStateDescriptor, ValueStateDescriptor
 except ImportError:  # pragma: no cover
     KeyedCoProcessFunction = object  # type: ignore[misc,assignment]
 
@@ -265,14 +308,19 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
     version valid at t (VALID). Without one, it waits until the watermark reaches
     t + unknown_device_hold_ms: a first version valid by then is used (LATE), else
     it is emitted with reference_status MISSING or dead-lettered (``unknown-device``).
-    Work orders are kept (ts, event_id, kind) for the interval join and pruned when no
-    reading can match them any more. See docs/reference-data.md."""
+    A tombstone (null value) at time d deletes the device from d on: readings at or
+    after d are unknown until a later version. Work orders are kept (ts, event_id, kind)
+    for the interval join and pruned when no reading can match them any more; versions
+    made obsolete by a deletion likewise. A device without any record for
+    ``device_state_ttl_ms`` (processing time) and no waiting reading is forgotten
+    (versions, deletions, work orders). See docs/reference-data.md."""
 
     def __init__(self, *, enriched_schema: str, enriched_id: int, devices_schema: str,
                  joined_schema: str, joined_id: int, dlq_schema: str, dlq_id: int,
                  registry_conf: dict[str, Any], registry_retry: Any, sites_csv: str,
                  sites_refresh_s: float, hold_ms: int, unknown_device: str, before_ms: int,
-                 after_ms: int, out_of_orderness_ms: int, job_name: str) -> None:
+                 after_ms: int, out_of_orderness_ms: int, job_name: str,
+                 device_state_ttl_ms: int = 0) -> None:
         self.enriched_schema, self.enriched_id = enriched_schema, enriched_id
         self.devices_schema = devices_schema
         self.joined_schema, self.joined_id = joined_schema, joined_id
@@ -283,6 +331,7 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
         self.before_ms, self.after_ms = before_ms, after_ms
         self.ooo_ms = out_of_orderness_ms
         self.job_name = job_name
+        self.ttl_ms = device_state_ttl_ms
 
     def open(self, runtime_context) -> None:  # type: ignore[no-untyped-def]
         from sluice.native import AvroDecoder, AvroEncoder
@@ -304,6 +353,14 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
             MapStateDescriptor("pending-readings", Types.LONG(), pickled))
         self.maint = runtime_context.get_map_state(
             MapStateDescriptor("maintenance", Types.LONG(), pickled))
+        # deletion time (a tombstone's record timestamp) → True
+        self.deleted = runtime_context.get_map_state(
+            MapStateDescriptor("device-deletions", Types.LONG(), Types.BOOLEAN()))
+        # The device-state TTL: the last record's processing time, and the clean-up timer.
+        self.last_access = runtime_context.get_state(
+            ValueStateDescriptor("last-access", Types.LONG()))
+        self.ttl_timer = runtime_context.get_state(
+            ValueStateDescriptor("ttl-timer", Types.LONG()))
 
         class _Ctx:
             def get_metric_group(self):  # type: ignore[no-untyped-def]
@@ -311,7 +368,8 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
 
         self.counters = counters(_Ctx(), "reference", (
             "joined", "late_reference", "missing_reference", "unknown_device_dead_letters",
-            "device_versions", "bad_device_records", "sites_reloads"))
+            "device_versions", "device_deletions", "device_state_expired",
+            "bad_device_records", "sites_reloads"))
 
     def close(self) -> None:
         self.writers.close()
@@ -328,9 +386,20 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
             decoder.add_writer_schema(exc.schema_id, text)
             return decoder.decode(value)[1]
 
+    def _touch(self, ctx) -> None:  # type: ignore[no-untyped-def]
+        """Note a record of this device now, and make sure a TTL clean-up timer is set."""
+        if self.ttl_ms <= 0:
+            return
+        now = ctx.timer_service().current_processing_time()
+        self.last_access.update(now)
+        if self.ttl_timer.value() is None:
+            ctx.timer_service().register_processing_time_timer(now + self.ttl_ms)
+            self.ttl_timer.update(now + self.ttl_ms)
+
     # input 1: Row(device_id, event_id, source, out_value, key, value, topic, partition,
     #              offset, rowtime)
     def process_element1(self, row, ctx):  # type: ignore[no-untyped-def]
+        self._touch(ctx)
         t = ctx.timestamp()
         e = self._decode(self.events, row[3])
         source = e["source"]  # the EventSource symbol (row[2] is the input's name)
@@ -359,7 +428,13 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
     def process_element2(self, row, ctx):  # type: ignore[no-untyped-def]
         from sluice.native import DecodeError
 
-        if row[1] is None:  # a tombstone: the versions kept in state stay
+        self._touch(ctx)
+        if row[1] is None:  # a tombstone: the device is deleted from its timestamp on
+            d = ctx.timestamp()
+            self.deleted.put(d, True)
+            self.counters["device_deletions"].inc()
+            # Prune what it makes obsolete once no reading before it can still come.
+            ctx.timer_service().register_event_time_timer(d + self._prune_lag() + 1)
             return
         try:
             d = self._decode(self.devices, row[1])
@@ -371,20 +446,49 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
         self.versions.put(vf, d)
         self.counters["device_versions"].inc()
 
+    def _prune_lag(self) -> int:
+        """How far behind the watermark a reading can still be joined with state."""
+        return self.before_ms + max(self.after_ms, self.hold_ms) + self.ooo_ms
+
+    def _expire(self, timestamp: int, ctx) -> None:  # type: ignore[no-untyped-def]
+        """The TTL timer (processing time): forget an idle device, or look again later."""
+        last = self.last_access.value()
+        waiting = any(True for _ in self.pending.keys())
+        if state_expired(last, timestamp, self.ttl_ms, waiting):
+            self.versions.clear()
+            self.deleted.clear()
+            self.maint.clear()
+            self.last_access.clear()
+            self.ttl_timer.clear()
+            self.counters["device_state_expired"].inc()
+            return
+        # Still in use: look again one TTL after the last record; if it is only a waiting
+        # reading that keeps the state, one TTL from now (so a device is forgotten between
+        # one and two TTLs after its last record, never while a reading of it waits).
+        nxt = (last or timestamp) + self.ttl_ms
+        if nxt <= timestamp:
+            nxt = timestamp + self.ttl_ms
+        ctx.timer_service().register_processing_time_timer(nxt)
+        self.ttl_timer.update(nxt)
+
     def on_timer(self, timestamp: int, ctx):  # type: ignore[no-untyped-def]
+        if ctx.time_domain() == TimeDomain.PROCESSING_TIME:
+            self._expire(timestamp, ctx)
+            return
         wm = ctx.timer_service().current_watermark()
         now = max(timestamp, wm)
+        deleted = sorted(self.deleted.keys())
         valid_froms = sorted(self.versions.keys())
         maint = [(ts, eid, kind) for ts, lst in self.maint.items() for eid, kind in lst]
         due = sorted(t for t in self.pending.keys() if t + self.after_ms <= now)
         for t in due:
             keep = []
             for reading in self.pending.get(t):
-                status, vf = version_at(valid_froms, t, self.hold_ms)
+                status, vf = version_at(valid_froms, t, self.hold_ms, deleted)
                 if status != VALID and now < t + self.hold_ms:
                     keep.append(reading)
                     continue
-                out = self._emit(reading, t, status, vf, maint)
+                out = self._emit(reading, t, status, vf, maint, deleted)
                 if out is not None:
                     yield out
             if keep:
@@ -392,25 +496,35 @@ class ReferenceJoin(KeyedCoProcessFunction):  # type: ignore[misc]
                 ctx.timer_service().register_event_time_timer(t + self.hold_ms)
             else:
                 self.pending.remove(t)
-        # Work orders no pending or future (on-time) reading can match any more.
-        horizon = now - self.before_ms - max(self.after_ms, self.hold_ms) - self.ooo_ms
+        # Work orders no pending or future (on-time) reading can match any more, and the
+        # versions and deletions a deletion before that made obsolete.
+        horizon = now - self._prune_lag()
         oldest = min(self.pending.keys(), default=None)
         if oldest is not None:
             horizon = min(horizon, oldest - self.before_ms)
         for ts in [ts for ts in self.maint.keys() if ts < horizon]:
             self.maint.remove(ts)
+        old_versions, old_deletions = prune_before_deletions(valid_froms, deleted, horizon)
+        for vf in old_versions:
+            self.versions.remove(vf)
+        for d in old_deletions:
+            self.deleted.remove(d)
 
-    def _emit(self, r: dict, t: int, status: str, vf: int | None, maint: list) -> Row | None:
+    def _emit(self, r: dict, t: int, status: str, vf: int | None, maint: list,
+              deleted: list[int]) -> Row | None:
         if status == MISSING and self.unknown_device == "dead-letter":
             from sluice.udfs import dead_letter
 
             self.counters["unknown_device_dead_letters"].inc()
             value, key, kafka_ts = r["raw"]
+            gone = [d for d in deleted if d <= t]
+            why = (f"was deleted at {gone[-1]} (a tombstone on the devices topic) and "
+                   if gone else "")
             out = dead_letter(
                 self.dlq_encoder, value, key, r["source_topic"], r["source_partition"],
                 r["source_offset"], kafka_ts, "UnknownDeviceError", "unknown-device",
-                f"device {r['device_id']!r} has no version valid at {t} on the devices topic, "
-                f"nor one within reference.unknown_device_hold_ms ({self.hold_ms})",
+                f"device {r['device_id']!r} {why}has no version valid at {t} on the devices "
+                f"topic, nor one within reference.unknown_device_hold_ms ({self.hold_ms})",
                 None, self.job_name)
             return Row(DEAD, f"{r['source_topic']}/{r['source_partition']}/{r['source_offset']}",
                        out)

@@ -35,20 +35,26 @@ def readings(gen: Generated) -> list[dict]:
 
 
 def expected(gen: Generated, versions: list, site_rows: dict[str, dict], *, hold_ms: int,
-             before_ms: int, after_ms: int) -> dict[str, dict]:
+             before_ms: int, after_ms: int,
+             deletions: list[tuple[str, int]] = ()) -> dict[str, dict]:  # type: ignore[assignment]
     """event_id → the expected JoinedReading fields (reference_status MISSING included:
-    the caller decides whether those are flagged or dead-lettered)."""
+    the caller decides whether those are flagged or dead-lettered). ``deletions``:
+    (device id, time) of the tombstones published on the devices topic."""
     out = {}
     for r in readings(gen):
-        mine = [v for v in versions if v.device_id == r["device_id"]]
-        before = [v for v in mine if v.valid_from <= r["ts"]]
-        if before:
-            status = "VALID"
-            v = max(before, key=lambda x: x.valid_from)
-        else:
-            first = min(mine, key=lambda x: x.valid_from) if mine else None
-            if first is not None and first.valid_from - r["ts"] <= hold_ms:
-                status, v = "LATE", first
+        # The device's history up to the reading, as (time, rank, version or None for a
+        # deletion); at the same millisecond a deletion (rank 1) comes after a version.
+        history = sorted(
+            [(v.valid_from, 0, v) for v in versions if v.device_id == r["device_id"]]
+            + [(at, 1, None) for dev, at in deletions if dev == r["device_id"]],
+            key=lambda e: (e[0], e[1]))
+        past = [e for e in history if e[0] <= r["ts"]]
+        if past and past[-1][2] is not None:
+            status, v = "VALID", past[-1][2]
+        else:  # never registered, or deleted: the next version, if within the hold
+            later = [e[2] for e in history if e[0] > r["ts"] and e[2] is not None]
+            if later and later[0].valid_from - r["ts"] <= hold_ms:
+                status, v = "LATE", later[0]
             else:
                 status, v = "MISSING", None
         rec = {**r, "reference_status": status, "device_version": None, "site_id": None,

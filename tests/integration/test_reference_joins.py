@@ -10,6 +10,7 @@ import bisect
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from collections import Counter
@@ -29,13 +30,17 @@ from sluice.generator import (
     produce,
 )
 from sluice.kafka_util import ensure_topics, read_committed
-from sluice.reference import DeviceVersion, publish_devices, versions_from_csv
+from sluice.reference import DeviceDeletion, DeviceVersion, publish_devices, versions_from_csv
 from tests import reference_oracle
 from tests.conftest import PYTHON, run_job, unique_config, write_config
+from tests.faults import FlinkRest
 
 pytestmark = pytest.mark.integration
 
 RECORDS = 800
+# The sites test (an unbounded job whose inputs go idle between phases), and the device
+# whose state it lets expire (reference.device_state_ttl_ms, processing time).
+IDLE_MS, BUNDLE_MS, TTL_MS, IDLE_DEVICE = 2_000, 100, 3_000, "dev-0005"
 STEP_MS = 20
 HOLD_MS, BEFORE_MS, AFTER_MS = 3_000, 4_000, 1_000
 
@@ -75,6 +80,18 @@ def _versions(cfg: SluiceConfig, start: int, span: int) -> list[DeviceVersion]:
     return sorted(base + later, key=lambda v: v.valid_from)
 
 
+def _deletions(versions: list[DeviceVersion], start: int, span: int) -> tuple[
+        list[DeviceDeletion], list[DeviceVersion]]:
+    """Tombstones on the devices topic: dev-0004 deleted for good at 60 % of the run (its
+    later readings are unknown: MISSING); dev-0005 deleted at 40 % and registered again
+    4 s later (hold 3 s: MISSING for the first second after the deletion, then LATE with
+    the new version, then VALID). Returns the deletions and the re-registration."""
+    again = replace(next(v for v in versions if v.device_id == "dev-0005"),
+                    valid_from=start + 2 * span // 5 + 4_000, calibration_offset_c=0.25)
+    return [DeviceDeletion("dev-0004", start + 3 * span // 5),
+            DeviceDeletion("dev-0005", start + 2 * span // 5)], [again]
+
+
 @pytest.fixture(scope="module", params=[("flag", "process"), ("dead-letter", "thread")],
                 ids=["flag-process", "dead-letter-thread"])
 def joined_run(request, stack: SluiceConfig, tmp_path_factory):  # type: ignore[no-untyped-def]
@@ -107,13 +124,21 @@ def joined_run(request, stack: SluiceConfig, tmp_path_factory):  # type: ignore[
              for i, kind in enumerate(("inspection", "repair"))]
     gen = produce(cfg, _insert_by_ts(items, extra))
     versions = _versions(cfg, start, span)
-    assert publish_devices(cfg, versions) == len(versions)
+    deletions, again = _deletions(versions, start, span)
+    versions = sorted(versions + again, key=lambda v: v.valid_from)
+    # Versions and tombstones in time order, as a registry would publish them.
+    registry = sorted([*versions, *deletions],
+                      key=lambda x: x.at if isinstance(x, DeviceDeletion) else x.valid_from)
+    assert publish_devices(cfg, registry) == len(registry)
     run_job([PYTHON, "jobs/pipeline.py", "--config", str(write_config(cfg, tmp))], timeout=600)
     out = _decoded(cfg, [cfg.topics.joined, cfg.topics.dlq], idle_timeout=3, max_wait=120)
-    want = reference_oracle.expected(
-        gen, versions, reference_oracle.sites(sites_csv), hold_ms=HOLD_MS,
-        before_ms=BEFORE_MS, after_ms=AFTER_MS)
-    return cfg, gen, want, out
+    kw = {"hold_ms": HOLD_MS, "before_ms": BEFORE_MS, "after_ms": AFTER_MS}
+    site_rows = reference_oracle.sites(sites_csv)
+    want = reference_oracle.expected(gen, versions, site_rows,
+                                     deletions=[(d.device_id, d.at) for d in deletions], **kw)
+    # The same without the tombstones: a negative control for the deletion semantics.
+    undeleted = reference_oracle.expected(gen, versions, site_rows, **kw)
+    return cfg, gen, want, out, undeleted
 
 
 def _topics(cfg: SluiceConfig) -> dict[str, str]:
@@ -130,7 +155,7 @@ def test_the_oracle_covers_every_case(joined_run) -> None:
     """The data exercise what the test claims: both versions of the recalibrated
     device, LATE and MISSING readings, an unlisted site, labelled and unlabelled
     readings, and readings between two work orders."""
-    _, _, want, _ = joined_run
+    _, _, want, _, _ = joined_run
     w = list(want.values())
     versions = Counter((x["device_version"], x["calibration_offset_c"]) for x in w
                        if x["device_id"] == "dev-0000")
@@ -138,7 +163,15 @@ def test_the_oracle_covers_every_case(joined_run) -> None:
     assert Counter(x["reference_status"] for x in w if x["device_id"] == "dev-0017").keys() \
         == {"MISSING", "LATE", "VALID"}
     assert {x["device_id"] for x in w if x["reference_status"] == "MISSING"} \
-        == {"dev-0017", "dev-0018", "dev-0019"}
+        == {"dev-0017", "dev-0018", "dev-0019", "dev-0004", "dev-0005"}
+    # Deleted for good: VALID before, MISSING after; deleted and registered again 4 s
+    # later: VALID, MISSING, LATE (the new version, within the hold), VALID again.
+    assert Counter(x["reference_status"] for x in w if x["device_id"] == "dev-0004").keys() \
+        == {"VALID", "MISSING"}
+    assert Counter(x["reference_status"] for x in w if x["device_id"] == "dev-0005").keys() \
+        == {"MISSING", "LATE", "VALID"}
+    assert {x["calibration_offset_c"] for x in w if x["device_id"] == "dev-0005"
+            and x["reference_status"] == "LATE"} == {0.25}
     assert any(x["site_id"] == "site-unlisted" and x["region"] is None for x in w)
     assert any(x["region"] is not None for x in w)
     assert any(x["maintenance_event_id"] for x in w) and any(
@@ -147,7 +180,7 @@ def test_the_oracle_covers_every_case(joined_run) -> None:
 
 
 def test_joined_output_equals_the_oracle(joined_run) -> None:
-    cfg, gen, want, out = joined_run
+    cfg, gen, want, out, _ = joined_run
     joined = out[cfg.topics.joined]
     reference_oracle.check(joined, _expected_joined(cfg, want), _topics(cfg))
     # Readings only: work orders label readings but are not joined records themselves.
@@ -156,7 +189,7 @@ def test_joined_output_equals_the_oracle(joined_run) -> None:
 
 
 def test_unknown_devices_are_flagged_or_dead_lettered_never_dropped(joined_run) -> None:
-    cfg, gen, want, out = joined_run
+    cfg, gen, want, out, _ = joined_run
     missing = [w for w in want.values() if w["reference_status"] == "MISSING"]
     dead = [d for d in out[cfg.topics.dlq] if d["reason"] == "unknown-device"]
     others = [d for d in out[cfg.topics.dlq] if d["reason"] != "unknown-device"]
@@ -178,9 +211,12 @@ def test_unknown_devices_are_flagged_or_dead_lettered_never_dropped(joined_run) 
 def test_oracle_check_fails_on_a_wrong_output(joined_run) -> None:
     """Negative controls: the check must fail for a record joined with the other
     version, a missing record, a duplicate, a dropped maintenance label, a wrong price."""
-    cfg, _, want, out = joined_run
+    cfg, _, want, out, undeleted = joined_run
     real = out[cfg.topics.joined]
     exp, topics = _expected_joined(cfg, want), _topics(cfg)
+    # The tombstones matter: the expectation without them does not match.
+    with pytest.raises(AssertionError):
+        reference_oracle.check(real, _expected_joined(cfg, undeleted), topics)
 
     def recal(j: dict) -> bool:
         return j["device_id"] == "dev-0000" and j["calibration_offset_c"] == 1.5
@@ -203,44 +239,77 @@ def test_oracle_check_fails_on_a_wrong_output(joined_run) -> None:
         reference_oracle.check(real[:i] + [bumped] + real[i + 1:], exp, topics)
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _watermarks(rest: FlinkRest) -> str:
+    """Every vertex's input watermark and status (for a stall's failure message)."""
+    lines = []
+    try:
+        for job in rest.running_jobs():
+            jid = job["jid"]
+            for v in rest.job(jid)["vertices"]:
+                base = f"/jobs/{jid}/vertices/{v['id']}/subtasks/0/metrics"
+                names = [m["id"] for m in rest.get(base) if "Watermark" in m["id"]]
+                got = rest.get(f"{base}?get={','.join(names)}") if names else []
+                lines.append(f"{v['name'][:90]}: " + ", ".join(
+                    f"{m['id'][-70:]}={m['value']}" for m in got))
+    except Exception as exc:  # noqa: BLE001 - a diagnostic only
+        lines.append(f"(REST: {exc})")
+    return "\n".join(lines)
+
+
 def _readings(prefix: str, devices: list[str], t0: int, n: int, step: int) -> list[Reading]:
     return [Reading(f"{prefix}-{i:04d}", devices[i % len(devices)], t0 + i * step,
                     40.0 + i / 8, 1.25, "OK", 50.0, "1.5.0", 4, "v3") for i in range(n)]
 
 
-@pytest.mark.skip(reason="open bug (issue 4): in about 2 of 8 runs the join operator stops "
-                  "emitting after all inputs were idle between the two phases; not in make test "
-                  "until fixed (docs/reference-data.md, 'Open problem')")
 def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp_path) -> None:
     """A running (unbounded) job; readings of phase A are joined with the sites file as
     it was; then the file changes (a price and a region) and the readings joined after
     that carry the new values, with no restart. Every output is checked against the
-    oracle with the sites table that was in force when the record was emitted."""
+    oracle with the sites table that was in force when the record was emitted.
+
+    The same run checks the device-state TTL: IDLE_DEVICE has no record between phase A
+    and phase B (longer than two TTLs), so its versions are forgotten and its phase-B
+    readings are unknown (MISSING); every other device has a reading waiting all that
+    time (the tick), so it keeps its versions."""
     sites_csv = tmp_path / "sites.csv"
     shutil.copy(stack.path(stack.reference.sites_csv), sites_csv)
     old_sites = reference_oracle.sites(sites_csv)
     cfg = unique_config(
         stack, "ref-sites",
-        job={"bounded": False, "startup_mode": "earliest", "python_execution_mode": "process"},
-        quality={"audit": False},
         # Empty partitions (frames, work orders, the devices topic once read) must not
-        # hold the watermark back for long.
-        window={"idle_timeout_ms": 1_000},
+        # hold the watermark back for long, so a short idle timeout, and Python bundles
+        # short enough to end before it (sluice/config.py, _idleness_outlasts_bundles:
+        # with 1 s bundles and a 1 s idle timeout this test stalled in 3 of 5 runs).
+        job={"bounded": False, "startup_mode": "earliest", "python_execution_mode": "process",
+             "python_bundle_time_ms": BUNDLE_MS},
+        quality={"audit": False},
+        window={"idle_timeout_ms": IDLE_MS},
         reference={"joins": True, "unknown_device_hold_ms": 0, "maintenance_after_ms": 0,
-                   "sites_csv": str(sites_csv), "sites_refresh_s": 0.5},
+                   "sites_csv": str(sites_csv), "sites_refresh_s": 0.5,
+                   "device_state_ttl_ms": TTL_MS},
     )
     ensure_topics(cfg)
     versions = versions_from_csv(cfg.path(cfg.reference.devices_csv))
     publish_devices(cfg, versions)
     devices = sorted({v.device_id for v in versions})
+    others = [d for d in devices if d != IDLE_DEVICE]
     t0 = aligned_start(cfg, 120_000)
-    # Phase A, then one reading per device 10 s later (covers every partition): the
-    # watermark passes all of A, while the tick readings wait for phase B.
+    # Phase A, then one reading per device (but the idle one) 10 s later: the watermark
+    # passes all of A, while the tick readings wait for phase B.
     phase_a = produce(cfg, _readings("a", devices, t0, 60, 30))
-    ticks_1 = produce(cfg, _readings("tick1", devices, t0 + 10_000, len(devices), 0))
+    ticks_1 = produce(cfg, _readings("tick1", others, t0 + 10_000, len(others), 0))
     job_log = (tmp_path / "job.log").open("w")
+    port = _free_port()
+    rest = FlinkRest(f"http://127.0.0.1:{port}")
     proc = subprocess.Popen(
-        [PYTHON, "jobs/pipeline.py", "--config", str(write_config(cfg, tmp_path))],
+        [PYTHON, "jobs/pipeline.py", "--config", str(write_config(cfg, tmp_path)),
+         "--rest-port", str(port)],
         cwd=cfg.base_dir, stdout=job_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         beats: list[Reading] = []
@@ -259,11 +328,12 @@ def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp
                 assert proc.poll() is None, f"the job exited with {proc.returncode}"
                 if len(got) >= n or time.monotonic() > deadline:
                     break
-                beats.extend(produce(cfg, _readings(f"hb{len(beats)}", devices, beat_ts,
-                                                    len(devices), 0)).readings)
+                beats.extend(produce(cfg, _readings(f"hb{len(beats)}", others, beat_ts,
+                                                    len(others), 0)).readings)
             log = (tmp_path / "job.log").read_text(errors="replace")
-            assert len(got) >= n, (f"only {len(got)} of {n} joined records within 240 s; job "
-                                   f"log {tmp_path / 'job.log'}:\n{log[-3000:]}")
+            assert len(got) >= n, (f"only {len(got)} of {n} joined records within 240 s; "
+                                   f"watermarks:\n{_watermarks(rest)}\njob log "
+                                   f"{tmp_path / 'job.log'}:\n{log[-3000:]}")
             return got
 
         # The watermark trails the newest record by the out-of-orderness bound. A
@@ -278,7 +348,9 @@ def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp
                                           "eu-north-2,Europe/Stockholm,0.42"))
         new_sites = reference_oracle.sites(sites_csv)
         assert new_sites != old_sites
-        time.sleep(1.5)  # > sites_refresh_s
+        # > sites_refresh_s, and > 2 TTLs after IDLE_DEVICE's last record (it has none
+        # waiting since phase A was released): its state is gone by phase B.
+        time.sleep(max(1.5, 2 * TTL_MS / 1000 + 1))
         phase_b = produce(cfg, _readings("b", devices, t0 + 12_000, 60, 30))
         produce(cfg, _readings("tick2", devices, t0 + 30_000, len(devices), 0))
         # Released by phase B: the ticks, phase A's heartbeats (if any) and B itself.
@@ -291,10 +363,19 @@ def test_sites_file_change_is_picked_up_without_restart(stack: SluiceConfig, tmp
 
     kw = {"hold_ms": 0, "before_ms": cfg.reference.maintenance_before_ms, "after_ms": 0}
     want = reference_oracle.expected(phase_a, versions, old_sites, **kw)
+    kept = [v for v in versions if v.device_id != IDLE_DEVICE]  # the TTL forgot it
     want.update(reference_oracle.expected(
-        Generated(readings=released), versions, new_sites, **kw))
+        Generated(readings=released), kept, new_sites, **kw))
     topics = _topics(cfg)
     reference_oracle.check(second, want, topics)
+    idle = [j for j in second if j["device_id"] == IDLE_DEVICE]
+    assert {(j["event_id"][0], j["reference_status"]) for j in idle} == {
+        ("a", "VALID"), ("b", "MISSING")}
+    # Negative control for the TTL: had the idle device kept its versions, the output
+    # would differ.
+    with pytest.raises(AssertionError):
+        reference_oracle.check(second, {**want, **reference_oracle.expected(
+            Generated(readings=released), versions, new_sites, **kw)}, topics)
     north = [j for j in second if j["site_id"] == "plant-north"]
     assert {(j["event_id"][0], j["region"], j["energy_price_per_kwh"]) for j in north} == {
         ("a", "eu-north", 0.11), ("t", "eu-north-2", 0.42), ("b", "eu-north-2", 0.42)} | {
@@ -331,3 +412,16 @@ def test_devices_publish_cli_writes_keyed_versions_stamped_valid_from(
     assert got == [(b"dev-a", 1705276800000, 1705276800000, 0.0, 75.0),
                    (b"dev-a", 1772366400000, 1772366400000, 1.25, 75.0),
                    (b"dev-b", 1700000000000, 1700000000000, 0.0, None)]
+
+
+def test_devices_delete_cli_writes_tombstones(stack: SluiceConfig, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """`sluice devices delete`: one tombstone (null value) per device, record timestamp =
+    --at; the join deletes the device from then on (test_joined_output_equals_the_oracle)."""
+    cfg = unique_config(stack, "ref-del")
+    out = run_job([PYTHON, "-m", "sluice.cli", "devices", "delete", "dev-a", "dev-b", "--at",
+                   "2026-03-01T12:00:00", "--config", str(write_config(cfg, tmp_path))],
+                  timeout=120)
+    assert "deleted 2 device(s) at 1772366400000" in out
+    recs = read_committed(cfg, [cfg.topics.devices], idle_timeout=3)[cfg.topics.devices]
+    assert sorted((r.key, r.value, r.timestamp_ms) for r in recs) == [
+        (b"dev-a", None, 1772366400000), (b"dev-b", None, 1772366400000)]

@@ -227,6 +227,38 @@ def test_exactly_once_invariant_boundary(tmp_path: Path, interval: int, timeout:
             load_config(p, env=env)
 
 
+@pytest.mark.parametrize(
+    ("idle", "bundle", "ok"),
+    [(30_000, 1_000, True), (5_000, 1_000, True), (4_999, 1_000, False), (1_000, 1_000, False),
+     (2_000, 100, True), (1_399, 100, False), (0, 10_000, True)],
+)
+def test_idle_timeout_must_outlast_python_bundles(tmp_path: Path, idle: int, bundle: int,
+                                                  ok: bool) -> None:
+    """An idle timeout shorter than the Python bundles can hold a watermark stalls the
+    joins and windows (docs/event-time.md): refused at load, naming both keys."""
+    p = write(tmp_path, {})
+    env = {"SLUICE__WINDOW__IDLE_TIMEOUT_MS": str(idle),
+           "SLUICE__JOB__PYTHON_BUNDLE_TIME_MS": str(bundle)}
+    if ok:
+        cfg = load_config(p, env=env)
+        assert (cfg.window.idle_timeout_ms, cfg.job.python_bundle_time_ms) == (idle, bundle)
+    else:
+        with pytest.raises(ConfigError, match=r"window.idle_timeout_ms.*job.python_bundle_time_ms"):
+            load_config(p, env=env)
+
+
+def test_devices_idle_timeout_follows_the_same_rule(tmp_path: Path) -> None:
+    """Checked only where it is used: with the reference joins on."""
+    p = write(tmp_path, {"reference": {"joins": True}})
+    assert load_config(p, env={}).reference.devices_idle_timeout_ms == 5_000
+    short = {"SLUICE__REFERENCE__DEVICES_IDLE_TIMEOUT_MS": "2000"}
+    with pytest.raises(ConfigError, match=r"reference.devices_idle_timeout_ms \(2000\)"):
+        load_config(p, env=short)
+    cfg = load_config(p, env={**short, "SLUICE__JOB__PYTHON_BUNDLE_TIME_MS": "100"})
+    assert cfg.reference.devices_idle_timeout_ms == 2_000
+    assert load_config(write(tmp_path, {}), env=short).reference.joins is False
+
+
 def test_relative_paths_resolve_against_config_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -12,12 +12,16 @@ from sluice.reference import (
     LATE,
     MISSING,
     VALID,
+    DeviceVersion,
     SitesTable,
     latest_maintenance,
     load_sites,
+    prune_before_deletions,
+    state_expired,
     version_at,
     versions_from_csv,
 )
+from tests import reference_oracle
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -36,6 +40,57 @@ def test_version_at_holds_for_a_late_first_version() -> None:
     assert version_at(vf, 900, 100) == (LATE, 1_000)  # exactly the hold away
     assert version_at(vf, 899, 100) == (MISSING, None)
     assert version_at([], 899, 10**9) == (MISSING, None)
+
+
+def test_a_deletion_makes_the_device_unknown_from_its_time_on() -> None:
+    vf, deleted = [100, 200, 400], [300]
+    assert version_at(vf, 299, 0, deleted) == (VALID, 200)
+    assert version_at(vf, 300, 0, deleted) == (MISSING, None)  # the deletion is inclusive
+    assert version_at(vf, 399, 0, deleted) == (MISSING, None)
+    assert version_at(vf, 400, 0, deleted) == (VALID, 400)  # registered again
+    # Held: a version after the deletion within the hold is used, as LATE.
+    assert version_at(vf, 350, 50, deleted) == (LATE, 400)
+    assert version_at(vf, 349, 50, deleted) == (MISSING, None)
+    # A version and a deletion at the same millisecond: the deletion wins.
+    assert version_at([100, 300], 300, 0, [300]) == (MISSING, None)
+    # Without deletions the rule is unchanged (negative control for the deletion).
+    assert version_at(vf, 350, 0) == (VALID, 200)
+
+
+def test_the_oracle_has_the_same_deletion_semantics() -> None:
+    """tests/reference_oracle.py is written separately; it must agree with the operator's
+    rule at every boundary (and disagree once the deletion is left out)."""
+    versions = [DeviceVersion("d", 100), DeviceVersion("d", 200), DeviceVersion("d", 400)]
+    cases = {t: version_at([100, 200, 400], t, 50, [300])
+             for t in (99, 100, 299, 300, 349, 350, 399, 400, 500)}
+    from sluice.generator import Generated, Reading
+
+    gen = Generated(readings=[Reading(f"r{t}", "d", t, 20.0, 1.0, "OK", 50.0, "1", 4, "v3")
+                              for t in cases])
+    got = reference_oracle.expected(gen, versions, {}, hold_ms=50, before_ms=0, after_ms=0,
+                                    deletions=[("d", 300), ("other", 100)])
+    assert {t: (got[f"r{t}"]["reference_status"], got[f"r{t}"]["device_version"])
+            for t in cases} == cases
+    without = reference_oracle.expected(gen, versions, {}, hold_ms=50, before_ms=0,
+                                        after_ms=0)
+    assert without["r300"]["reference_status"] == VALID
+
+
+def test_prune_before_deletions_keeps_what_a_reading_can_still_use() -> None:
+    assert prune_before_deletions([100, 200, 400], [300], 300) == ([], [])
+    assert prune_before_deletions([100, 200, 400], [300], 301) == ([100, 200], [300])
+    assert prune_before_deletions([100, 500], [150, 300], 1000) == ([100], [150, 300])
+    # After the prune the answer for every reading at or after the horizon is the same.
+    for t in range(301, 600, 7):
+        assert version_at([400], t, 50, []) == version_at([100, 200, 400], t, 50, [300])
+
+
+def test_device_state_expires_only_when_idle_and_nothing_waits() -> None:
+    assert not state_expired(1_000, 1_999, 1_000, waiting=False)
+    assert state_expired(1_000, 2_000, 1_000, waiting=False)
+    assert not state_expired(1_000, 9_999, 1_000, waiting=True)  # a held reading is kept
+    assert not state_expired(1_000, 10**12, 0, waiting=False)  # 0: no TTL
+    assert not state_expired(None, 10**12, 1_000, waiting=False)  # already cleared
 
 
 def test_latest_maintenance_within_the_interval_one_label() -> None:
@@ -106,5 +161,6 @@ def test_the_shipped_devices_csv_gives_one_version_per_device() -> None:
 def test_reference_joins_are_off_by_default() -> None:
     cfg = SluiceConfig()
     assert cfg.reference.joins is False
+    assert cfg.reference.device_state_ttl_ms == 30 * 86_400_000
     assert cfg.topics.joined in cfg.topics.all()
     assert cfg.schema_path(cfg.schemas.joined).is_file()
