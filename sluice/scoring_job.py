@@ -157,13 +157,10 @@ class ByDevice(KeySelector):
 
 
 def _counters(ctx: RuntimeContext, names: tuple[str, ...]) -> dict[str, Any]:
-    from sluice.udfs import _NoCounter
+    """Flink counters ``sluice.scoring.<name>`` (stand-ins where the job has no metrics)."""
+    from sluice.metrics import StageMetrics
 
-    try:
-        group = ctx.get_metrics_group().add_group("sluice").add_group("scoring")
-        return {n: group.counter(n) for n in names}
-    except (AttributeError, RuntimeError):
-        return {n: _NoCounter() for n in names}
+    return StageMetrics(ctx, "scoring", names).counter
 
 
 class ScoreVectors(KeyedBroadcastProcessFunction):
