@@ -194,6 +194,8 @@ def test_container_config_is_the_flink_conf_template_opened_up(tmp_path: Path) -
     assert conf["rest"]["bind-address"] == "0.0.0.0"
     assert conf["env"]["java"]["opts"]["all"] == "--add-opens=java.base/java.util=ALL-UNNAMED"
     assert conf["metrics"]["reporter"]["prom"]["port"] == "9249"
+    assert (conf["metrics"]["reporter"]["prom"]["factory"]["class"]
+            == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
     assert conf["execution"]["checkpointing"]["dir"] == "file:///flink-data/checkpoints"
     template_conf = yaml.safe_load(template.read_text().replace("${", "x{"))
     assert conf["jobmanager"]["memory"] == template_conf["jobmanager"]["memory"]
