@@ -155,6 +155,13 @@ def test_dashboard_metrics_are_registered_by_the_jobs() -> None:
     assert ("dashboard queries flink_taskmanager_job_task_operator_sluice_ingest_recordsIn, which "
             "no sluice job registers (sluice.metrics_catalog)") in problems
     assert "dashboard does not show sluice.ingest.records_in" in problems
+    # The scoring job's counters and the latency gauges are checked too.
+    for name, problem in [
+            ("sluice_scoring_model_switches", "dashboard does not show sluice.scoring.model_switches"),
+            ("sluice_scoring_drift_events", "dashboard does not show sluice.scoring.drift_events"),
+            ("sluice_ingest_decode_us_p99", "dashboard does not show the p99 of sluice.ingest.decode_us")]:
+        assert problem in dc.check_dashboard(
+            json.loads(dc.DASHBOARD.read_text().replace(name, name + "_gone")))
 
 
 def test_flink_deployment(k8s: list[dict]) -> None:
