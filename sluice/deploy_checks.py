@@ -28,7 +28,7 @@ PROMETHEUS = DOCKER_DIR / "prometheus" / "prometheus.yml"
 # What `sluice package` writes (sluice/package.py) and the Dockerfile may COPY.
 PACKAGE_OUTPUTS = ("wheels", "jars", "jobs", "schemas", "reference", "features.yaml",
                    "sluice.yaml", "python-env.zip", "requirements.txt", "submit.sh",
-                   "manifest.json")
+                   "manifest.json", "models")
 _VERSION_TAG = re.compile(r"\d+\.\d+")
 
 
