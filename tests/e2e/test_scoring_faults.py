@@ -64,6 +64,7 @@ MODEL = "iforest-fault"
 DEVICES = 6
 T0 = 1_767_225_600_000
 INTERVAL_MS = 4000  # the kill lands between two checkpoints, records in flight
+SHIFT = 3.0  # the batch the kill hits: far from the training data, so it alerts
 
 
 def ref(mv: ModelVersion) -> str:
@@ -93,9 +94,9 @@ class Run:
     def mark(self, what: str) -> None:
         self.timings[what] = round(time.monotonic() - self.t0, 1)
 
-    def produce(self, windows: int, seed: int) -> list[dict[str, Any]]:
+    def produce(self, windows: int, seed: int, shift: float = 0.0) -> list[dict[str, Any]]:
         batch = synthetic_vectors(self.cfg, devices=DEVICES, windows=windows,
-                                  start_ms=T0 + self.minute * MINUTE, seed=seed)
+                                  start_ms=T0 + self.minute * MINUTE, seed=seed, shift=shift)
         produce_vectors(self.cfg, batch)
         self.vectors += batch
         self.minute += windows
@@ -125,7 +126,9 @@ class Run:
         self.rest.wait(lambda: self.checkpoint_id() > before, 30,
                        lambda: "no checkpoint completed")
         cp = self.checkpoint_id()
-        self.produce(2, seed)
+        # Shifted vectors: most of them alert, so the open transactions the kill hits
+        # hold alerts as well as scores.
+        self.produce(2, seed, shift=SHIFT)
         probe = TransactionProbe(self.cfg, [self.cfg.topics.model_scores])
         held = 0
 
@@ -278,6 +281,7 @@ def test_s1_python_workers_killed_every_vector_scored_once(
         scores, alerts = run.outputs()
         report = check_scores(run.vectors, scores, alerts, run.reg.root, MODEL)
         assert report.by_version == {ref(run.v1): len(run.vectors)}, report.by_version
+        assert report.alerts > 0, "no alert: the alerts sink was not under the fault"
         _line("S1 scoring job, Python workers SIGKILLed mid-transaction", run, report, kill,
               cp, held, recovery)
 
@@ -328,6 +332,8 @@ def test_s1_at_least_once_control_shows_duplicates(
     assert set(counts) == {sid(v) for v in run.vectors}, "a vector was lost"
     dup = sum(n - 1 for n in counts.values())
     assert dup > 0
+    alert_dup = sum(n - 1 for n in Counter(a["alert_id"] for a in alerts).values())
     log_line(f"S1-ALO negative control (at-least-once sinks, same fault): {len(run.vectors)} "
-             f"vectors, {len(scores)} scores, {dup} duplicated, 0 missing; check_scores "
-             f"fails as it must; restored checkpoint {cp}; recovery {recovery} s")
+             f"vectors, {len(scores)} scores, {dup} duplicated, 0 missing; {len(alerts)} "
+             f"alerts, {alert_dup} duplicated; check_scores fails as it must; checkpoint "
+             f"before kill {cp}; recovery {recovery} s")
