@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, IsolationLevel, KafkaError, TopicPartition
+from confluent_kafka.admin import OffsetSpec
 
 from sluice.config import SluiceConfig
 from sluice.kafka_util import ensure_topics
@@ -65,6 +66,14 @@ DEVICES = 6
 T0 = 1_767_225_600_000
 INTERVAL_MS = 4000  # the kill lands between two checkpoints, records in flight
 SHIFT = 3.0  # the batch the kill hits: far from the training data, so it alerts
+
+
+def written(probe: TransactionProbe) -> int:
+    """Records on the probe's partitions, committed or not (the sum of high watermarks)."""
+    wanted = {tp: OffsetSpec.latest() for tp in probe.partitions}
+    futures = probe.client.list_offsets(wanted, isolation_level=IsolationLevel.READ_UNCOMMITTED,
+                                        request_timeout=15)
+    return sum(f.result().offset for f in futures.values())
 
 
 def ref(mv: ModelVersion) -> str:
@@ -117,36 +126,30 @@ class Run:
         latest = (self.rest.checkpoints(self.jid).get("latest") or {}).get("completed")
         return int(latest["id"]) if latest else 0
 
-    def aim_and_kill(self, seed: int) -> tuple[WorkerKill, int, int]:
-        """Wait for a fresh checkpoint, produce a batch, let the job score it (its scores
-        sit in an open transaction, or with at-least-once sinks are already written),
-        then SIGKILL the Python workers before the next checkpoint completes. Returns the
-        kill, the checkpoint id before it and the offsets the open transactions held."""
+    def aim_and_kill(self, seed: int, attempts: int = 5) -> tuple[WorkerKill, int, int]:
+        """Wait for a fresh checkpoint, produce a batch, wait until the job has written its
+        scores (into an open transaction; with at-least-once sinks, for good), then
+        SIGKILL the Python workers before the next checkpoint completes. Returns the kill,
+        the checkpoint id before it and the offsets the open transactions held."""
         before = self.checkpoint_id()
         self.rest.wait(lambda: self.checkpoint_id() > before, 30,
                        lambda: "no checkpoint completed")
         cp = self.checkpoint_id()
+        probe = TransactionProbe(self.cfg, [self.cfg.topics.model_scores])
+        written0 = written(probe)
         # Shifted vectors: most of them alert, so the open transactions the kill hits
         # hold alerts as well as scores.
-        self.produce(2, seed, shift=SHIFT)
-        probe = TransactionProbe(self.cfg, [self.cfg.topics.model_scores])
-        held = 0
-
-        def txn_open() -> bool:
-            nonlocal held
-            held = sum(hw - lso for lso, hw in probe.lag().values())
-            return held > 0
-
-        # Exactly-once: the batch's scores are in an open transaction (HW ahead of the
-        # LSO). At-least-once has no transaction: wait one Python bundle instead.
-        if self.cfg.job.delivery_guarantee == "exactly-once":
-            with contextlib.suppress(FaultError):
-                self.rest.wait(txn_open, INTERVAL_MS / 1000 - 1, lambda: "no open txn",
-                               interval=0.01)
-        else:
-            time.sleep(self.cfg.job.python_bundle_time_ms / 1000 + 1.0)
-        if self.checkpoint_id() != cp:  # a checkpoint slipped in: aim again at the next
-            return self.aim_and_kill(seed + 1)
+        batch = self.produce(2, seed, shift=SHIFT)
+        with contextlib.suppress(FaultError):
+            self.rest.wait(lambda: written(probe) >= written0 + len(batch),
+                           INTERVAL_MS / 1000 - 0.5, lambda: "batch not written", interval=0.02)
+        held = sum(hw - lso for lso, hw in probe.lag().values())  # 0 with at-least-once
+        if self.checkpoint_id() != cp or written(probe) < written0 + len(batch):
+            # A checkpoint slipped in, or the job was too slow: aim at the next one.
+            if attempts <= 1:
+                raise FaultError("could not hit the job between two checkpoints with a "
+                                 "written batch")
+            return self.aim_and_kill(seed + 1, attempts - 1)
         # The mini-cluster JVM is a child of the job process, the workers its children:
         # only the Beam harness processes may be hit, never the JVM.
         jvm = [p for p, c in python_workers(self.job.proc.pid).items() if "java" in c]
