@@ -333,14 +333,16 @@ class DriftMonitor(KeyedProcessFunction):
     minus one slide (``drift.slide_ms``): Flink's per-partition watermark, by hand, since
     the vectors' event time is inside their Avro. A window closes when that passes its
     end; a vector older than a closed window is counted late by the detector and not used.
-    A partition that stops receiving vectors holds the watermark back (drift is evaluated
-    on continuous streams; docs/drift.md). A new version of the model starts a new detector
-    (its reference is another one); a vector of an older version arriving after the
+    A partition that stops receiving vectors holds the watermark back, and there is no
+    watermark until every partition of the topic (``partitions``, read from Kafka when the
+    job is built) has delivered a vector: a partition not yet read must not be overtaken
+    (drift is evaluated on continuous streams; docs/drift.md). A new version of the model
+    starts a new detector (its reference is another one); a vector of an older version arriving after the
     switch (from another scoring subtask) is not counted."""
 
     def __init__(self, models_root: str, drift_cfg: Any, drift_schema: str, drift_id: int,
-                 trigger_schema: str, trigger_id_: int):
-        self.models_root, self.drift_cfg = models_root, drift_cfg
+                 trigger_schema: str, trigger_id_: int, partitions: int = 1):
+        self.models_root, self.drift_cfg, self.partitions = models_root, drift_cfg, partitions
         self.drift_schema, self.drift_schema_id = drift_schema, drift_id
         self.trigger_schema, self.trigger_schema_id = trigger_schema, trigger_id_
 
@@ -385,8 +387,10 @@ class DriftMonitor(KeyedProcessFunction):
             policy = RetrainPolicy.restore(self.drift_cfg, st["policy"])
         marks = dict(st["marks"])
         marks[partition] = max(marks.get(partition, start), start)
+        watermark = (min(marks.values()) - self.drift_cfg.slide_ms
+                     if len(marks) >= self.partitions else None)
         events = det.add({"window": window, "features": features}, start,
-                         watermark_ms=min(marks.values()) - self.drift_cfg.slide_ms)
+                         watermark_ms=watermark)
         triggers = policy.observe(events)
         self.cache = {"det": det, "key": (name, version)}
         self.state.update({"version": version, "marks": marks,
@@ -401,6 +405,17 @@ class DriftMonitor(KeyedProcessFunction):
             log.warning("drift: retrain %s v%s (%s)", t["model_name"], t["model_version"],
                         ", ".join(t["drifted_features"]))
             yield TRIGGERS, Row(t["trigger_id"], self.trigger_encoder.encode(t))
+
+
+def _partitions(cfg: Any, topic: str) -> int:
+    """How many partitions ``topic`` has (it must exist: jobs/scoring.py creates it)."""
+    from sluice.kafka_util import admin
+
+    md = admin(cfg).list_topics(topic, timeout=15).topics.get(topic)
+    if md is None or md.error is not None or not md.partitions:
+        raise RuntimeError(f"topic {topic}: cannot read its partitions "
+                           f"({None if md is None else md.error})")
+    return len(md.partitions)
 
 
 def _source_ddl(cfg: Any, table: str, topic: str, group: str, props: str,
@@ -487,7 +502,8 @@ def add_model_scoring(t_env: Any, stmts: Any, cfg: Any, kafka_props: str,
              .key_by(ByModel(), key_type=Types.STRING())
              .process(DriftMonitor(str(cfg.path(cfg.models.dir).resolve()), cfg.drift,
                                    drift_schema.schema_str, drift_schema.schema_id,
-                                   trigger_schema.schema_str, trigger_schema.schema_id),
+                                   trigger_schema.schema_str, trigger_schema.schema_id,
+                                   partitions=_partitions(cfg, cfg.topics.features)),
                       output_type=KV_TYPE)
              .name("drift").uid("drift"))
     t_env.create_temporary_view("model_scores", t_env.from_data_stream(scored))
