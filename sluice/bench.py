@@ -405,6 +405,10 @@ def run(cfg: SluiceConfig, *, records: int, names: list[str], out_dir: Path,
         "variants": variants, "ratios": ratios(variants),
         "targets": {k: f"{op} {t}" for k, (op, t) in TARGETS.items()},
     }
+    from sluice.bench_micro import collect
+
+    say("timing the Rust calls through pyo3 (criterion's figures: `make bench`)")
+    results["micro"] = collect(out_dir / "micro-model.json")
     (out_dir / "results.json").write_text(json.dumps(results, indent=2))
     chart(results, out_dir / "results.png")
     return results
@@ -437,4 +441,22 @@ def ratio_table(results: dict) -> Any:
                   f"{lat['p50']:.0f} / {lat['p99']:.0f}" if lat["p50"] is not None else "-",
                   f"{cp['p50']:.0f} (n={cp['count']})" if cp["p50"] is not None else "-",
                   ratio_s, results["targets"].get(names.get(k, ""), ""))
+    return t
+
+
+def micro_table(results: dict) -> Any:
+    from rich.table import Table
+
+    micro = results.get("micro") or {}
+    t = Table(title="hot-path calls: Rust (criterion) vs the same call via pyo3 vs pure Python (ns)")
+    for col in ("call", "rust", "pyo3", "python", "target"):
+        t.add_column(col, justify="left" if col == "call" else "right")
+    targets = micro.get("targets_ns", {})
+
+    def ns(x: float | None) -> str:
+        return "-" if x is None else f"{x:,.0f}"
+
+    for name, c in (micro.get("calls") or {}).items():
+        t.add_row(name, ns(c.get("rust_ns")), ns(c.get("pyo3_ns")), ns(c.get("python_ns")),
+                  f"≤ {targets[name]:,}" if name in targets else "")
     return t

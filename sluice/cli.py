@@ -826,7 +826,7 @@ def bench(
     at-least-once, process vs thread mode (docs/performance.md)."""
     import os
 
-    from sluice.bench import VARIANTS, ratio_table, run
+    from sluice.bench import VARIANTS, micro_table, ratio_table, run
     from sluice.stack import StackError, StackPorts, down, status, up
 
     cfg = _config(config)
@@ -851,6 +851,7 @@ def bench(
         if started and not keep_stack:
             down(run_dir)
     console.print(ratio_table(results))
+    console.print(micro_table(results))
     console.print(f"data: {out / 'results.json'}   chart: {out / 'results.png'}")
     bad = [k for k, f in results["variants"].items() if not f["counts_match"]]
     if bad:
