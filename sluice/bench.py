@@ -305,7 +305,7 @@ def _figures(v: Variant, n: int, out: int, processed: list[int], latency: list[f
     }
 
 
-def run_kafka_limit(cfg: SluiceConfig, n: int) -> dict:
+def run_kafka_limit(cfg: SluiceConfig, n: int, timeout_s: float = 120) -> dict:
     """(d): how fast one read_committed consumer on this machine reads the same input."""
     consumer = Consumer({**cfg.kafka.client_properties(), "group.id": f"bench-{uuid.uuid4().hex[:8]}",
                          "isolation.level": "read_committed", "enable.auto.commit": False,
@@ -316,7 +316,7 @@ def run_kafka_limit(cfg: SluiceConfig, n: int) -> dict:
     broker = broker_pid(cfg)
     sampler = CpuSampler([os.getpid()], [broker] if broker else [])
     count, first, last = 0, None, 0.0
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + timeout_s
     sampler.sample()
     while count < n and time.monotonic() < deadline:
         for m in consumer.consume(10_000, timeout=0.5):
