@@ -132,7 +132,18 @@ class CpuSampler:
         self.roots, self.extra = roots, extra
         self.seen: dict[int, float] = {}
         self.base: dict[int, float] = {}
+        self.kind: dict[int, str] = {}
         self.samples: list[tuple[float, float]] = []  # (epoch ms, cumulative CPU-s)
+        self.by_kind: list[dict[str, float]] = []  # the same, per kind of process
+
+    def _kind(self, pid: int) -> str:
+        if pid in self.extra:
+            return "broker"
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            return "other"
+        return "java" if comm == "java" else "python" if comm.startswith("python") else "other"
 
     def sample(self) -> None:
         pids = process_tree(self.roots) + [p for p in self.extra if p not in self.roots]
@@ -140,20 +151,32 @@ class CpuSampler:
             st = _stat(pid)
             if st is not None:
                 self.base.setdefault(pid, st[1] if pid in self.extra else 0.0)
+                self.kind.setdefault(pid, self._kind(pid))
                 self.seen[pid] = st[1]
-        total = sum(v - self.base[p] for p, v in self.seen.items())
-        self.samples.append((time.time() * 1000, total))
+        kinds: dict[str, float] = {}
+        for p, v in self.seen.items():
+            kinds[self.kind[p]] = kinds.get(self.kind[p], 0.0) + v - self.base[p]
+        self.samples.append((time.time() * 1000, sum(kinds.values())))
+        self.by_kind.append(kinds)
 
-    def at(self, t_ms: float) -> float:
-        """Cumulative CPU-seconds at wall time ``t_ms`` (linear between samples)."""
+    def at(self, t_ms: float, kind: str | None = None) -> float:
+        """Cumulative CPU-seconds at wall time ``t_ms`` (linear between samples), of all
+        processes or of one kind (java, python, broker, other)."""
         ts = [s[0] for s in self.samples]
+        vals = [s[1] for s in self.samples] if kind is None else [
+            k.get(kind, 0.0) for k in self.by_kind]
         i = bisect.bisect_left(ts, t_ms)
         if i <= 0:
-            return self.samples[0][1]
+            return vals[0]
         if i >= len(ts):
-            return self.samples[-1][1]
-        (t0, c0), (t1, c1) = self.samples[i - 1], self.samples[i]
+            return vals[-1]
+        t0, t1, c0, c1 = ts[i - 1], ts[i], vals[i - 1], vals[i]
         return c0 + (c1 - c0) * (t_ms - t0) / max(t1 - t0, 1e-9)
+
+    def split(self, first: float, last: float) -> dict[str, float]:
+        """CPU-seconds per kind of process between two wall times."""
+        kinds = sorted({k for d in self.by_kind for k in d})
+        return {k: round(self.at(last, k) - self.at(first, k), 3) for k in kinds}
 
 
 class OutputReader(threading.Thread):
@@ -293,6 +316,7 @@ def _figures(v: Variant, n: int, out: int, processed: list[int], latency: list[f
         "seconds": round(span_s, 3),
         "events_per_s": round(out / span_s, 1),
         "cpu_seconds": round(cpu, 3) if cpu is not None else None,
+        "cpu_seconds_by_process": sampler.split(first, last) if sampler.samples else {},
         "events_per_cpu_s": round(out / cpu, 1) if cpu else None,
         "latency_ms": {"p50": _percentile(latency, 50), "p99": _percentile(latency, 99),
                        "measured": "processed_at in the record → received by a read_committed "
