@@ -375,6 +375,20 @@ def ratios(variants: dict[str, dict]) -> dict[str, float | None]:
     return {k: v for k, v in out.items() if v is not None}
 
 
+def efficiency_ratios(variants: dict[str, dict]) -> dict[str, float]:
+    """The same ratios on events per CPU-second: less sensitive than throughput to other
+    load on a shared machine."""
+    def r(a: str, b: str) -> float | None:
+        x = (variants.get(a) or {}).get("events_per_cpu_s")
+        y = (variants.get(b) or {}).get("events_per_cpu_s")
+        return round(x / y, 3) if x and y else None
+
+    out = {"rust_vs_python": r("rust_eo", "python"), "rust_vs_sql": r("rust_eo", "sql"),
+           "eo_vs_alo": r("rust_eo", "rust_alo"), "rust_vs_kafka_limit": r("rust_eo", "kafka"),
+           "thread_vs_process": r("rust_thread", "rust_eo")}
+    return {k: v for k, v in out.items() if v is not None}
+
+
 def chart(results: dict, path: Path) -> Path:
     import matplotlib
 
@@ -427,6 +441,8 @@ def run(cfg: SluiceConfig, *, records: int, names: list[str], out_dir: Path,
         "records": n, "input_topic": base.topics.telemetry, "machine_cpus": os.cpu_count(),
         "throughput": "records / (last - first processed_at in the output), per variant",
         "variants": variants, "ratios": ratios(variants),
+        "cpu_efficiency_ratios": efficiency_ratios(variants),
+        "load_average_1m": os.getloadavg()[0],
         "targets": {k: f"{op} {t}" for k, (op, t) in TARGETS.items()},
     }
     from sluice.bench_micro import collect
