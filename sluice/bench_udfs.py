@@ -58,17 +58,22 @@ class PyAvroDecoder:
         from sluice.native import DecodeError, UnknownSchemaError
 
         if len(value) < 5 or value[0] != _MAGIC:
-            raise DecodeError("not Confluent-framed Avro (bad magic byte)")
+            bad = DecodeError("not Confluent-framed Avro (bad magic byte)")
+            bad.reason, bad.schema_id = "bad-magic", None
+            raise bad
         schema_id = struct.unpack(">I", value[1:5])[0]
         writer = self.writers.get(schema_id)
         if writer is None:
-            exc = UnknownSchemaError(f"unknown schema id {schema_id}")
-            exc.schema_id = schema_id
-            raise exc
+            unknown = UnknownSchemaError(f"unknown schema id {schema_id}")
+            unknown.reason, unknown.schema_id = "unknown-schema", schema_id
+            raise unknown
         try:
             rec = fastavro.schemaless_reader(io.BytesIO(value[5:]), writer, self.reader)
         except Exception as exc:  # fastavro raises EOFError, ValueError, SchemaResolutionError
-            raise DecodeError(f"fastavro: {exc}") from exc
+            bad = DecodeError(f"fastavro: {exc}")
+            bad.reason = "truncated" if isinstance(exc, EOFError) else "type-mismatch"
+            bad.schema_id = schema_id
+            raise bad from exc
         return schema_id, tuple(rec[f] for f in self.fields)  # type: ignore[index]
 
 
