@@ -35,7 +35,12 @@ from pyflink.table.udf import udaf, udf
 if __package__ in (None, ""):  # run as a script (python jobs/pipeline.py, flink run -py)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sluice.config import SluiceConfig, load_config, profile_flink_options  # noqa: E402
+from sluice.config import (  # noqa: E402
+    BUNDLE_TIME_OPTION,
+    SluiceConfig,
+    load_config,
+    profile_flink_options,
+)
 from sluice.feature_job import add_feature_windows  # noqa: E402
 from sluice.kafka_util import check_transaction_timeout, preflight  # noqa: E402
 from sluice.quality import load_suite, suite_path  # noqa: E402
@@ -84,8 +89,6 @@ def flink_options(cfg: SluiceConfig) -> dict[str, str]:
     conf["pipeline.jars"] = jars
     conf["pipeline.name"] = cfg.job.name
     conf["python.execution-mode"] = cfg.job.python_execution_mode
-    # Explicit, because the idle timeout is validated against it (sluice/config.py).
-    conf["python.fn-execution.bundle.time"] = str(cfg.job.python_bundle_time_ms)
     conf["execution.checkpointing.interval"] = f"{cfg.checkpoint.interval_ms} ms"
     conf["execution.checkpointing.mode"] = "EXACTLY_ONCE"
     conf["execution.checkpointing.min-pause"] = f"{cfg.checkpoint.min_pause_ms} ms"
@@ -112,8 +115,12 @@ def flink_options(cfg: SluiceConfig) -> dict[str, str]:
     # A mini-cluster's REST answers metrics from a cache refreshed this often (default
     # 10 s; `sluice report` samples counters over seconds). A cluster sets its own.
     conf["metrics.fetcher.update-interval"] = "1000"
-    # The performance profile last: its options win over the settings above.
+    # The performance profile last: its options win over the settings above, except the
+    # Python bundle time. That one is always job.python_bundle_time_ms, the value the idle
+    # timeouts are validated against (sluice/config.py); a profile's bundle time is that
+    # key's default, so an explicit key wins over it and both agree.
     conf.update(profile_flink_options(cfg.job.profile))
+    conf[BUNDLE_TIME_OPTION] = str(cfg.job.python_bundle_time_ms)
     return conf
 
 

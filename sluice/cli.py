@@ -82,12 +82,13 @@ def _preflight_registry_only(cfg: SluiceConfig) -> None:
 def _ports(cfg: SluiceConfig):  # type: ignore[no-untyped-def]
     from sluice.stack import StackPorts
 
+    # The config's ports, shifted by SLUICE_STACK_PORT_OFFSET like the test suite's stack.
     s = cfg.stack
     return StackPorts(
         kafka=s.kafka_port, kafka_controller=s.kafka_controller_port, registry=s.registry_port,
         registry_management=s.registry_management_port, flink_rest=s.flink_rest_port,
         flink_rpc=s.flink_rpc_port, redis=s.redis_port,
-    )
+    ).shifted(StackPorts.env_offset())
 
 
 def _status_table(st) -> Table:  # type: ignore[no-untyped-def]

@@ -279,6 +279,8 @@ class CheckpointConfig(_Section):
 
 #: The folder of the performance profiles (flink-conf/profiles/<name>.yaml, docs/performance.md).
 PROFILES_DIR = REPO_ROOT / "flink-conf" / "profiles"
+#: The Flink option behind job.python_bundle_time_ms (a profile's value is its default).
+BUNDLE_TIME_OPTION = "python.fn-execution.bundle.time"
 Profile = Literal["default", "low-latency", "throughput"]
 
 
@@ -307,7 +309,8 @@ class JobConfig(_Section):
     # python.fn-execution.bundle.time: a process-mode Python operator sends its records to
     # the Python worker in bundles finished at least this often, and holds back every
     # watermark until the bundle is finished. window.idle_timeout_ms must be well above it
-    # (see _idleness_outlasts_bundles and docs/event-time.md).
+    # (see _idleness_outlasts_bundles and docs/event-time.md). A profile's
+    # python.fn-execution.bundle.time is the default when this key is not set.
     python_bundle_time_ms: int = Field(default=1_000, gt=0)
     jars: list[Path] = Field(
         default_factory=lambda: [Path(".deps/flink-jars/flink-sql-connector-kafka-5.0.0-2.2.jar")]
@@ -751,6 +754,20 @@ class SluiceConfig(BaseModel):
             for key, value in values.items():
                 sec.setdefault(key, value)
             out[section] = sec
+        # The profile's Python bundle time is the default of job.python_bundle_time_ms, the
+        # one value the job sets (jobs/pipeline.py) and the idle timeouts are checked
+        # against (_idleness_outlasts_bundles): an explicit key wins, as for the others.
+        bundle = profile_flink_options(name).get(BUNDLE_TIME_OPTION)
+        if bundle is not None:
+            try:
+                bundle_ms = int(bundle)
+            except ValueError:
+                raise ConfigError(
+                    f"job.profile: {PROFILES_DIR / f'{name}.yaml'}: {BUNDLE_TIME_OPTION} must "
+                    f"be a whole number of milliseconds, not {bundle!r}") from None
+            job = dict(out.get("job") or {})
+            job.setdefault("python_bundle_time_ms", bundle_ms)
+            out["job"] = job
         return out
 
     @model_validator(mode="before")

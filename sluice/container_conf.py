@@ -9,8 +9,9 @@ container; the image's entrypoint (docker/flink-entrypoint.sh) runs
 before Flink's own entrypoint. The same ``${...}`` placeholders as `sluice stack up`
 are filled with container values, and the settings that make the local cluster
 loopback-only are replaced by the container's (bind to all interfaces, advertise the
-container's host name, log to stdout, expose the Prometheus reporter). Everything else —
-memory, slots, state backend, failover, metrics fetcher — is the same file.
+container's host name, log to stdout). Everything else — memory, slots, state backend,
+failover, metrics fetcher, the Prometheus reporter (on ``SLUICE_PROMETHEUS_PORT`` instead
+of the local cluster's port range) — is the same file.
 Values come from the environment (see ``ENV`` below), so one image serves the
 JobManager and every TaskManager.
 """
@@ -86,6 +87,9 @@ def render(template: Path, *, dist: Path | None, env: Mapping[str, str],
         "web_tmp_dir": str(tmp / "web"),
         "checkpoint_uri": _env(env, "SLUICE_CHECKPOINT_URI"),
         "savepoint_uri": _env(env, "SLUICE_SAVEPOINT_URI"),
+        # The template's reporter takes a port range (the local cluster's processes share
+        # one host); a container is its own host, so every process uses the same port.
+        "flink_prometheus_ports": _env(env, "SLUICE_PROMETHEUS_PORT"),
         "default_java_opts": _default_java_opts(dist) if dist and dist.is_file() else "",
     }
     conf = yaml.safe_load(render_template(template.read_text(), values, yaml_quote=True,
@@ -101,9 +105,6 @@ def render(template: Path, *, dist: Path | None, env: Mapping[str, str],
         "rest.bind-address": "0.0.0.0",
         # Containers log to stdout (docker logs / kubectl logs), not to files.
         "env.stdout-err.redirect-to-file": False,
-        "metrics.reporter.prom.factory.class":
-            "org.apache.flink.metrics.prometheus.PrometheusReporterFactory",
-        "metrics.reporter.prom.port": _env(env, "SLUICE_PROMETHEUS_PORT"),
     }
     if env.get("TASK_MANAGER_NUMBER_OF_TASK_SLOTS"):
         overrides["taskmanager.numberOfTaskSlots"] = int(env["TASK_MANAGER_NUMBER_OF_TASK_SLOTS"])

@@ -28,7 +28,7 @@ PROMETHEUS = DOCKER_DIR / "prometheus" / "prometheus.yml"
 # What `sluice package` writes (sluice/package.py) and the Dockerfile may COPY.
 PACKAGE_OUTPUTS = ("wheels", "jars", "jobs", "schemas", "reference", "features.yaml",
                    "sluice.yaml", "python-env.zip", "requirements.txt", "submit.sh",
-                   "manifest.json")
+                   "manifest.json", "models")
 _VERSION_TAG = re.compile(r"\d+\.\d+")
 
 
@@ -338,7 +338,14 @@ def dashboard_series(dashboard: dict) -> set[str]:
 
 
 def check_dashboard(dashboard: dict) -> list[str]:
-    from sluice.metrics_catalog import STAGE_COUNTERS, known_series, prometheus_name
+    """Every series the dashboard queries exists; every counter is shown, and every
+    latency histogram at least by its p99 gauge."""
+    from sluice.metrics_catalog import (
+        STAGE_COUNTERS,
+        STAGE_LATENCIES,
+        known_series,
+        prometheus_name,
+    )
 
     used = dashboard_series(dashboard)
     if not used:
@@ -347,6 +354,8 @@ def check_dashboard(dashboard: dict) -> list[str]:
            for n in sorted(used - known_series())]
     out += [f"dashboard does not show sluice.{s}.{n}" for s, n in STAGE_COUNTERS
             if prometheus_name(s, n) not in used]
+    out += [f"dashboard does not show the p99 of sluice.{s}.{n}" for s, n in STAGE_LATENCIES
+            if prometheus_name(s, f"{n}_p99") not in used]
     return out
 
 

@@ -144,6 +144,15 @@ class StageMetrics:
                 _register_gauges(group, name, hist)
 
 
+def counters(context: Any, stage: str, names: tuple[str, ...]) -> dict[str, Any]:
+    """Flink counters ``sluice.<stage>.<name>`` of a UDF's FunctionContext or a DataStream
+    function's RuntimeContext (visible in the Flink UI / REST and the metrics reporters),
+    or local stand-ins when the job runs without Python metrics. Every call names its
+    stage and counters literally: sluice.metrics_catalog is checked against these calls
+    (tests/unit/test_metrics_catalog.py)."""
+    return StageMetrics(context, stage, names).counter
+
+
 def _register_gauges(group: Any, name: str, hist: LatencyHistogram) -> None:
     # Flink gauges from Python carry integers: round to the unit of the name.
     for suffix, q in QUANTILES.items():

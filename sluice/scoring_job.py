@@ -43,6 +43,7 @@ from pyflink.datastream.state import (
     ValueStateDescriptor,
 )
 
+from sluice.metrics import counters
 from sluice.registry import RetryPolicy, WriterSchemaCache
 from sluice.scoring import (
     AdaptivePolicy,
@@ -156,16 +157,6 @@ class ByDevice(KeySelector):
         return value[DEVICE]
 
 
-def _counters(ctx: RuntimeContext, names: tuple[str, ...]) -> dict[str, Any]:
-    from sluice.udfs import _NoCounter
-
-    try:
-        group = ctx.get_metrics_group().add_group("sluice").add_group("scoring")
-        return {n: group.counter(n) for n in names}
-    except (AttributeError, RuntimeError):
-        return {n: _NoCounter() for n in names}
-
-
 class ScoreVectors(KeyedBroadcastProcessFunction):
     """Scores each FeatureVector with the active version of every model of its window."""
 
@@ -201,7 +192,7 @@ class ScoreVectors(KeyedBroadcastProcessFunction):
         self.baselines = runtime_context.get_map_state(baselines)
         self.pending = runtime_context.get_list_state(ListStateDescriptor("pending", PICKLED))
         self.timer = runtime_context.get_state(ValueStateDescriptor("retry-at", Types.LONG()))
-        self.counters = _counters(runtime_context, (
+        self.counters = counters(runtime_context, "scoring", (
             "vectors_in", "scores_out", "alerts_out", "waiting_for_model", "no_model_for_window",
             "spec_mismatch", "model_switches", "updates_refused"))
 
@@ -363,7 +354,7 @@ class DriftMonitor(KeyedProcessFunction):
         self.drift_encoder = AvroEncoder(self.drift_schema, self.drift_schema_id)
         self.trigger_encoder = AvroEncoder(self.trigger_schema, self.trigger_schema_id)
         self.state = runtime_context.get_state(ValueStateDescriptor("drift", PICKLED))
-        self.counters = _counters(runtime_context, (
+        self.counters = counters(runtime_context, "scoring", (
             "drift_events", "drifted", "retrain_triggers", "stale_version"))
         self.cache: dict[str, Any] = {}
 

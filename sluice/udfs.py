@@ -24,7 +24,7 @@ from pyflink.common import Row
 from pyflink.table import AggregateFunction, DataTypes
 from pyflink.table.udf import FunctionContext, ScalarFunction
 
-from sluice.metrics import StageMetrics
+from sluice.metrics import StageMetrics, counters
 
 # Imported once at module load, not per record: eval() is the per-record hot path.
 from sluice.native import (
@@ -118,12 +118,6 @@ def epoch_ms(value: Any) -> int:
 def _finite(*xs: float | None) -> bool:
     """No NaN or infinity among the measurements (None: not measured)."""
     return all(x is None or -_INF < x < _INF for x in xs)
-
-
-def counters(function_context: FunctionContext | None, stage: str, names: tuple[str, ...]) -> dict:
-    """Flink counters ``sluice.<stage>.<name>`` (visible in the Flink UI / REST and the
-    metrics reporters), or local stand-ins when the job runs without Python metrics."""
-    return StageMetrics(function_context, stage, names).counter
 
 
 class _Rejected(Exception):

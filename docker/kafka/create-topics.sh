@@ -29,3 +29,4 @@ create drift
 create retrain-triggers
 create model-updates
 create action-dlq
+create model-scores

@@ -72,11 +72,9 @@ class StackPorts:
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 
-    @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> StackPorts:
-        """The default ports shifted by ``SLUICE_STACK_PORT_OFFSET`` (default 0), so a
-        second stack (a clean clone's `make test` next to a developer's running stack)
-        can live on the same machine: e.g. 1000 moves Kafka to 20092."""
+    @staticmethod
+    def env_offset(env: dict[str, str] | None = None) -> int:
+        """``SLUICE_STACK_PORT_OFFSET`` (default 0), validated."""
         import os
 
         raw = (env if env is not None else os.environ).get("SLUICE_STACK_PORT_OFFSET", "0")
@@ -86,7 +84,18 @@ class StackPorts:
             raise StackError(f"SLUICE_STACK_PORT_OFFSET must be an integer, not {raw!r}") from None
         if not 0 <= offset <= 40000:
             raise StackError(f"SLUICE_STACK_PORT_OFFSET must be between 0 and 40000, not {offset}")
-        return cls(**{k: v + offset for k, v in asdict(cls()).items()})
+        return offset
+
+    def shifted(self, offset: int) -> StackPorts:
+        """Every port moved up by ``offset``."""
+        return type(self)(**{k: v + offset for k, v in asdict(self).items()})
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> StackPorts:
+        """The default ports shifted by ``SLUICE_STACK_PORT_OFFSET`` (default 0), so a
+        second stack (a clean clone's `make test` next to a developer's running stack)
+        can live on the same machine: e.g. 1000 moves Kafka to 20092."""
+        return cls().shifted(cls.env_offset(env))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any] | None) -> StackPorts:

@@ -155,6 +155,13 @@ def test_dashboard_metrics_are_registered_by_the_jobs() -> None:
     assert ("dashboard queries flink_taskmanager_job_task_operator_sluice_ingest_recordsIn, which "
             "no sluice job registers (sluice.metrics_catalog)") in problems
     assert "dashboard does not show sluice.ingest.records_in" in problems
+    # The scoring job's counters and the latency gauges are checked too.
+    for name, problem in [
+            ("sluice_scoring_model_switches", "dashboard does not show sluice.scoring.model_switches"),
+            ("sluice_scoring_drift_events", "dashboard does not show sluice.scoring.drift_events"),
+            ("sluice_ingest_decode_us_p99", "dashboard does not show the p99 of sluice.ingest.decode_us")]:
+        assert problem in dc.check_dashboard(
+            json.loads(dc.DASHBOARD.read_text().replace(name, name + "_gone")))
 
 
 def test_flink_deployment(k8s: list[dict]) -> None:
@@ -194,6 +201,8 @@ def test_container_config_is_the_flink_conf_template_opened_up(tmp_path: Path) -
     assert conf["rest"]["bind-address"] == "0.0.0.0"
     assert conf["env"]["java"]["opts"]["all"] == "--add-opens=java.base/java.util=ALL-UNNAMED"
     assert conf["metrics"]["reporter"]["prom"]["port"] == "9249"
+    assert (conf["metrics"]["reporter"]["prom"]["factory"]["class"]
+            == "org.apache.flink.metrics.prometheus.PrometheusReporterFactory")
     assert conf["execution"]["checkpointing"]["dir"] == "file:///flink-data/checkpoints"
     template_conf = yaml.safe_load(template.read_text().replace("${", "x{"))
     assert conf["jobmanager"]["memory"] == template_conf["jobmanager"]["memory"]

@@ -59,14 +59,64 @@ def test_low_latency_is_at_least_once_and_throughput_exactly_once(tmp_path: Path
 
 
 def test_default_profile_sets_none_of_the_profile_options(tmp_path: Path) -> None:
-    """Negative control: without a profile the job leaves these to Flink's defaults."""
+    """Negative control: without a profile the job leaves these to Flink's defaults. The
+    bundle time is the exception: the job always sets job.python_bundle_time_ms (the
+    idle timeouts are validated against it), Flink's default of 1000 unless configured."""
     cfg = _config(tmp_path, {"profile": "default"})
     opts = flink_options(cfg)
-    for key in ("python.fn-execution.bundle.size", "python.fn-execution.bundle.time",
+    for key in ("python.fn-execution.bundle.size", "python.fn-execution.arrow.batch.size",
                 "execution.buffer-timeout.interval"):
         assert key not in opts
+    assert cfg.job.python_bundle_time_ms == 1000
+    assert opts["python.fn-execution.bundle.time"] == "1000"
     assert cfg.job.delivery_guarantee == "exactly-once"
     assert opts["execution.checkpointing.interval"] == "2000 ms"
+
+
+@pytest.mark.parametrize("name", ["low-latency", "throughput"])
+def test_the_profile_bundle_time_is_the_validated_one(tmp_path: Path, name: str) -> None:
+    """The job runs with exactly the bundle time the config validated: a profile's is
+    job.python_bundle_time_ms's default, an explicit key wins over it."""
+    profile = yaml.safe_load((PROFILES_DIR / f"{name}.yaml").read_text())
+    cfg = _config(tmp_path, {"profile": name})
+    assert cfg.job.python_bundle_time_ms == int(profile["flink"]["python.fn-execution.bundle.time"])
+    assert flink_options(cfg)["python.fn-execution.bundle.time"] == str(cfg.job.python_bundle_time_ms)
+    explicit = _config(tmp_path, {"profile": name, "python_bundle_time_ms": 250})
+    assert explicit.job.python_bundle_time_ms == 250
+    assert flink_options(explicit)["python.fn-execution.bundle.time"] == "250"
+
+
+def _slow_profile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bundle_ms: int) -> None:
+    """A `throughput` profile whose bundle time is `bundle_ms` (in a folder of its own)."""
+    import sluice.config
+
+    doc = yaml.safe_load((PROFILES_DIR / "throughput.yaml").read_text())
+    doc["flink"]["python.fn-execution.bundle.time"] = bundle_ms
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    (folder / "throughput.yaml").write_text(yaml.safe_dump(doc))
+    monkeypatch.setattr(sluice.config, "PROFILES_DIR", folder)
+
+
+def test_a_profile_bundle_time_above_the_idle_timeout_rule_is_refused(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The idle-timeout rule (4 x bundle time + 1 s) uses the profile's bundle time when it
+    is larger than the key's own default: 3000 ms needs an idle timeout of 13000 ms."""
+    _slow_profile(tmp_path, monkeypatch, 3_000)
+    with pytest.raises(ConfigError, match=r"window.idle_timeout_ms \(5000\).*\(13000\)"):
+        _config(tmp_path, {"profile": "throughput"}, window={"idle_timeout_ms": 5_000})
+    cfg = _config(tmp_path, {"profile": "throughput"}, window={"idle_timeout_ms": 13_000})
+    assert flink_options(cfg)["python.fn-execution.bundle.time"] == "3000"
+    # Negative control: the same idle timeout without the profile (bundle time 1000) is fine.
+    assert _config(tmp_path, {"profile": "default"},
+                   window={"idle_timeout_ms": 5_000}).job.python_bundle_time_ms == 1000
+
+
+def test_a_profile_bundle_time_must_be_whole_milliseconds(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _slow_profile(tmp_path, monkeypatch, "1 s")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="bundle.time must be a whole number of milliseconds"):
+        _config(tmp_path, {"profile": "throughput"})
 
 
 def test_explicit_keys_win_over_the_profile(tmp_path: Path) -> None:

@@ -458,3 +458,20 @@ def test_port_offset_from_the_environment_moves_every_port() -> None:
     for bad in ("x", "-1", "50000"):
         with pytest.raises(StackError, match="SLUICE_STACK_PORT_OFFSET"):
             StackPorts.from_env({"SLUICE_STACK_PORT_OFFSET": bad})
+
+
+def test_cli_stack_ports_follow_the_offset(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`sluice stack up` shifts the config's ports like the test suite does."""
+    from sluice.cli import _ports
+    from sluice.config import load_config
+
+    cfg = load_config()
+    monkeypatch.delenv("SLUICE_STACK_PORT_OFFSET", raising=False)
+    base = _ports(cfg)
+    assert base.kafka == cfg.stack.kafka_port and base.redis == cfg.stack.redis_port
+    monkeypatch.setenv("SLUICE_STACK_PORT_OFFSET", "1000")
+    moved = _ports(cfg)
+    assert moved.to_dict() == {k: v + 1000 for k, v in base.to_dict().items()}
+    monkeypatch.setenv("SLUICE_STACK_PORT_OFFSET", "x")
+    with pytest.raises(Exception, match="must be an integer"):
+        _ports(cfg)
