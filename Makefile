@@ -95,8 +95,12 @@ schemas-check: $(VENV)/.installed ## every schema version against its predecesso
 test: setup cargo-test schemas-check ## cargo test + schema checks + unit + integration + e2e on the real local stack
 	$(PYTEST) tests/unit tests/integration tests/e2e -m "not bench" -q -rfEs
 
-bench: setup ## benchmarks (never part of `make test`)
+bench: setup ## benchmarks (never part of `make test`): micro (pytest, criterion) + `sluice bench`
 	$(PYTEST) tests/bench -m bench -q -s
+	$(PY) -m sluice.bench_micro model out/bench/micro-model.json
+	cd udfs_rs && PYO3_PYTHON=$(CURDIR)/$(PY) SLUICE_BENCH_MODEL=$(CURDIR)/out/bench/micro-model.json \
+	    cargo bench --quiet --bench hot_path -- --warm-up-time 0.5 --measurement-time 1
+	$(VENV)/bin/sluice bench
 
 lint: $(VENV)/.installed ## ruff + mypy stubtest of the native module
 	$(VENV)/bin/ruff check sluice jobs tests

@@ -229,14 +229,18 @@ Extension = Callable[[StreamTableEnvironment, StatementSet, SluiceConfig], None]
 
 
 def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
-                   extend: Extension | None = None) -> StatementSet:
+                   extend: Extension | None = None, *, ingest_cls: type[Ingest] = Ingest,
+                   score_cls: type[ScoreWindow] = ScoreWindow) -> StatementSet:
     """Declare the whole job on ``env``; the caller executes it.
 
     ``extend`` adds operators of a later job version: it sees the views ``ingested``,
     ``counted`` and ``scored`` and adds its INSERTs after all of ours. Savepoints
     map operator state by uid, which the planner derives from its numbering of the
     plan; appending keeps every existing uid (tests/e2e/test_upgrade.py proves it),
-    editing or reordering existing statements is not covered."""
+    editing or reordering existing statements is not covered.
+
+    ``ingest_cls`` / ``score_cls``: the UDF classes (the pure-Python baseline of
+    `sluice bench`, sluice/bench_udfs.py, swaps in subclasses; the graph is the same)."""
     t_env = StreamTableEnvironment.create(env)
     # Per-event-id dedup state lives this long (a repeat after that is not detected).
     t_env.get_config().set("table.exec.state.ttl", f"{cfg.ingest.dedup_ttl_ms} ms")
@@ -248,7 +252,7 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
     lim = cfg.ingest
     suites = load_suites(cfg)
 
-    ingest = Ingest(
+    ingest = ingest_cls(
         topics={cfg.topics.telemetry: TELEMETRY, cfg.topics.sensor_frames: FRAMES,
                 cfg.topics.maintenance: MAINTENANCE},
         reader_schema=reader,
@@ -277,7 +281,7 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
                                job_name=cfg.job.name, ttl_ms=lim.dedup_ttl_ms)
     t_env.create_temporary_function("sluice_duplicate",
                                     udf(duplicate, result_type=DataTypes.BYTES()))
-    score = ScoreWindow(
+    score = score_cls(
         score_schema=scores.schema_str,
         score_id=scores.schema_id,
         alert_schema=alerts.schema_str,
@@ -414,7 +418,8 @@ def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironm
     return env
 
 
-def main(argv: list[str] | None = None, extend: Extension | None = None) -> None:
+def main(argv: list[str] | None = None, extend: Extension | None = None, *,
+         ingest_cls: type[Ingest] = Ingest, score_cls: type[ScoreWindow] = ScoreWindow) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="sluice YAML config (default: sluice.yaml)")
     parser.add_argument("--bounded", action="store_true",
@@ -440,7 +445,7 @@ def main(argv: list[str] | None = None, extend: Extension | None = None) -> None
     if not submitted_by_flink_run():
         prepare_python_path()
     env = create_env(cfg, args.rest_port)
-    build_pipeline(env, cfg, extend)
+    build_pipeline(env, cfg, extend, ingest_cls=ingest_cls, score_cls=score_cls)
     env.execute(cfg.job.name)
 
 

@@ -812,6 +812,56 @@ def demo(
 
 @app.command()
 @_fail_fast
+def bench(
+    config: ConfigOpt = None,
+    records: Annotated[int, typer.Option(help="telemetry records of the shared input")] = 30_000,
+    variant: Annotated[list[str] | None, typer.Option(
+        "--variant", help="run only these (rust_eo, rust_alo, rust_thread, python, sql, kafka)")
+    ] = None,
+    out: Annotated[Path, typer.Option(help="folder for results.json and results.png")] = (
+        REPO_ROOT / "out" / "bench"),
+    keep_stack: Annotated[bool, typer.Option(help="leave the stack running afterwards")] = False,
+) -> None:
+    """Variants of the ingest path side by side on the same input, in one run: Rust vs
+    pure-Python UDFs vs Flink SQL vs the raw Kafka consume rate, exactly-once vs
+    at-least-once, process vs thread mode (docs/performance.md)."""
+    import os
+
+    from sluice.bench import VARIANTS, micro_table, ratio_table, run
+    from sluice.stack import StackError, StackPorts, down, status, up
+
+    cfg = _config(config)
+    run_dir = cfg.path(cfg.stack.run_dir)
+    started = not status(run_dir).healthy
+    try:
+        # SLUICE_STACK_PORT_OFFSET (as the tests use it) shifts the stack's ports.
+        ports = StackPorts.from_env() if os.environ.get("SLUICE_STACK_PORT_OFFSET") else _ports(cfg)
+        with console.status("starting the local stack (Kafka + registry)") as spinner:
+            st = up(run_dir, ports, progress=lambda m: spinner.update(m))
+        cfg = cfg.with_overrides(
+            kafka={"bootstrap_servers": st.bootstrap_servers}, registry={"url": st.registry_url},
+            feature_store={"redis_url": st.redis_url},
+        )
+        with console.status("bench") as spinner:
+            results = run(cfg, records=records, names=list(variant or VARIANTS), out_dir=out,
+                          say=lambda m: (console.log(m), spinner.update(m)))
+    except StackError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(1) from None
+    finally:
+        if started and not keep_stack:
+            down(run_dir)
+    console.print(ratio_table(results))
+    console.print(micro_table(results))
+    console.print(f"data: {out / 'results.json'}   chart: {out / 'results.png'}")
+    bad = [k for k, f in results["variants"].items() if not f["counts_match"]]
+    if bad:
+        console.print(f"[red]these variants did not output every input record once: {bad}[/red]")
+        raise typer.Exit(1)
+
+
+@app.command()
+@_fail_fast
 def report(
     config: ConfigOpt = None,
     flink_url: Annotated[str | None, typer.Option(
