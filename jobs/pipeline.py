@@ -229,8 +229,8 @@ Extension = Callable[[StreamTableEnvironment, StatementSet, SluiceConfig], None]
 
 
 def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
-                   extend: Extension | None = None, *, ingest_cls: type[Ingest] = Ingest,
-                   score_cls: type[ScoreWindow] = ScoreWindow) -> StatementSet:
+                   extend: Extension | None = None, *, ingest_cls: type[Ingest] | None = None,
+                   score_cls: type[ScoreWindow] | None = None) -> StatementSet:
     """Declare the whole job on ``env``; the caller executes it.
 
     ``extend`` adds operators of a later job version: it sees the views ``ingested``,
@@ -252,6 +252,10 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig,
     lim = cfg.ingest
     suites = load_suites(cfg)
 
+    # Looked up at call time: tests/e2e/jobs/fail_once_pipeline.py replaces the module's
+    # Ingest (a default argument would have bound the original at import).
+    ingest_cls = ingest_cls or Ingest
+    score_cls = score_cls or ScoreWindow
     ingest = ingest_cls(
         topics={cfg.topics.telemetry: TELEMETRY, cfg.topics.sensor_frames: FRAMES,
                 cfg.topics.maintenance: MAINTENANCE},
@@ -419,7 +423,7 @@ def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironm
 
 
 def main(argv: list[str] | None = None, extend: Extension | None = None, *,
-         ingest_cls: type[Ingest] = Ingest, score_cls: type[ScoreWindow] = ScoreWindow) -> None:
+         ingest_cls: type[Ingest] | None = None, score_cls: type[ScoreWindow] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None, help="sluice YAML config (default: sluice.yaml)")
     parser.add_argument("--bounded", action="store_true",

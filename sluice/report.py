@@ -374,10 +374,19 @@ def collect(cfg: SluiceConfig, *, since_ms: int, until_ms: int | None, flink_url
     mem_samples = [u0.rss_bytes]
     step(f"sampling {sample_s:.0f} s: lag, CPU, memory")
     deadline = t0 + (sample_s if running or roots else 0)
+    # Flink REST serves the Python counters as the TaskManager last reported them, which can
+    # lag the job by seconds; a busy job whose counter has not moved yet is sampled longer
+    # (up to 4 x sample_s) rather than reported as having processed nothing.
+    hard_deadline = t0 + 4 * sample_s
     while True:
         lag_series.append({"t_s": round(time.monotonic() - t0, 2), "lag": probe.lag()})
         if time.monotonic() >= deadline:
-            break
+            if not (running and rest and job_id) or time.monotonic() >= hard_deadline:
+                break
+            now_in = rest.sluice_metrics(job_id).get("ingest.records_in", {}).get("sum", 0)
+            if now_in != metrics0.get("ingest.records_in", {}).get("sum", 0):
+                break
+            deadline = min(hard_deadline, time.monotonic() + 2.0)
         time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
         mem_samples.append(usage(roots).rss_bytes)
     u1, elapsed = usage(roots), max(time.monotonic() - t0, 1e-9)
