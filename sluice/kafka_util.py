@@ -6,7 +6,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
 
 from sluice.auth import check_kafka_login, check_registry_login, fail_fast
@@ -126,7 +126,7 @@ class Record:
     headers: tuple[tuple[str, bytes], ...] = ()
 
 
-def _consumer(cfg: SluiceConfig, group: str) -> Consumer:
+def _consumer(cfg: SluiceConfig, group: str, *, partition_eof: bool = False) -> Consumer:
     return Consumer(
         {
             **fail_fast(cfg.kafka.client_properties()),
@@ -135,8 +135,41 @@ def _consumer(cfg: SluiceConfig, group: str) -> Consumer:
             "isolation.level": "read_committed",
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
+            "enable.partition.eof": partition_eof,
         }
     )
+
+
+def transactional_producer(cfg: SluiceConfig, transactional_id: str,
+                           error: type[Exception] = RuntimeError) -> Producer:
+    """An idempotent, transactional producer, transactions initialised: this fences an
+    earlier instance with the same ``transactional_id`` and aborts its open transaction.
+    A broker that refuses raises ``error`` naming the id. The transaction timeout is the
+    config's, at most 60 s (a crashed service's transaction must not block readers long)."""
+    producer = Producer({
+        **fail_fast(cfg.kafka.client_properties()),
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": min(60_000, cfg.kafka.transaction_timeout_ms),
+        "enable.idempotence": True,
+    })
+    try:
+        producer.init_transactions(30)
+    except KafkaException as exc:
+        raise error(f"cannot start transactions as {transactional_id}: {exc}") from exc
+    return producer
+
+
+def committed_consumer(cfg: SluiceConfig, group: str, **extra: object) -> Consumer:
+    """A consumer in ``group`` that sees committed records only and commits its offsets
+    itself (inside a producer's transaction); ``extra`` adds or overrides properties."""
+    return Consumer({
+        **fail_fast(cfg.kafka.client_properties()),
+        "group.id": group,
+        "isolation.level": "read_committed",
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        **extra,
+    })
 
 
 def end_offsets(cfg: SluiceConfig, topic: str, timeout: float = 15) -> dict[int, int]:
@@ -201,10 +234,13 @@ def read_committed(
     """Read the topics from the beginning with a read_committed consumer.
 
     Stops when ``until(counts)`` is true, else after ``idle_timeout`` seconds
-    without a new record, and never later than ``max_wait``.
+    without a new record while every partition is at its end (the last stable
+    offset), and never later than ``max_wait``. The idle clock does not run while
+    a partition has not reported its end: a slow first fetch on a busy machine is
+    not mistaken for "no more output".
     """
     out: dict[str, list[Record]] = {t: [] for t in topics}
-    c = _consumer(cfg, f"sluice-reader-{time.time_ns()}")
+    c = _consumer(cfg, f"sluice-reader-{time.time_ns()}", partition_eof=True)
     try:
         parts = []
         for t in topics:
@@ -213,6 +249,7 @@ def read_committed(
                 raise RuntimeError(f"topic {t}: {md.error}")
             parts += [TopicPartition(t, p, 0) for p in md.partitions]
         c.assign(parts)
+        at_end: set[tuple[str, int]] = set()
         start = last = time.monotonic()
         while True:
             now = time.monotonic()
@@ -221,7 +258,7 @@ def read_committed(
             counts = {t: len(v) for t, v in out.items()}
             if until is not None and until(counts):
                 break
-            if until is None and now - last > idle_timeout:
+            if until is None and len(at_end) == len(parts) and now - last > idle_timeout:
                 break
             batch: list[Message] = c.consume(1000, timeout=0.2)
             read_at = int(time.time() * 1000)
@@ -229,6 +266,9 @@ def read_committed(
                 if m.error():
                     err = m.error()
                     if err.code() == KafkaError._PARTITION_EOF:
+                        if (m.topic(), m.partition()) not in at_end:
+                            at_end.add((m.topic(), m.partition()))
+                            last = time.monotonic()  # idle from the moment all are at end
                         continue
                     if err.code() in _TRANSIENT and not err.fatal():
                         continue  # the broker is away (restarting): librdkafka reconnects
@@ -238,6 +278,7 @@ def read_committed(
                     read_at, tuple(m.headers() or ()),
                 )
                 out[rec.topic].append(rec)
+                at_end.discard((rec.topic, rec.partition))
                 if on_record is not None:
                     on_record(rec)
             if batch:

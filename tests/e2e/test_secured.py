@@ -93,9 +93,14 @@ def _flink_log_dir(conf_dir: Path) -> Path:
 def secured(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Secured]:
     run_dir = tmp_path_factory.mktemp("secured-stack")
     own_flink = os.environ.get("SLUICE_SECURE_OWN_FLINK") == "1"
-    p = _free_ports(6, int(os.environ.get("SLUICE_SECURE_PORT_BASE", "29100")))
+    # Every port of its own, redis and the Prometheus range included: the session's stack
+    # runs beside this one (on CI at the default ports, so a default would collide).
+    p = _free_ports(7 + StackPorts.PROMETHEUS_PORTS,
+                    int(os.environ.get("SLUICE_SECURE_PORT_BASE", "29100")))
     ports = StackPorts(kafka=p[0], kafka_controller=p[1], registry=p[2], registry_management=p[3],
-                       flink_rest=p[4], flink_rpc=p[5])
+                       flink_rest=p[4], flink_rpc=p[5], redis=p[6], flink_prometheus=p[7])
+    assert p[7:] == list(range(p[7], p[7] + StackPorts.PROMETHEUS_PORTS)), \
+        f"no free run of {StackPorts.PROMETHEUS_PORTS} ports for the Prometheus reporter: {p[7:]}"
     t0 = time.monotonic()
     try:
         st = up(run_dir, ports, secure=True, flink=own_flink)
