@@ -422,9 +422,11 @@ def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironm
     return env
 
 
-def main(argv: list[str] | None = None, extend: Extension | None = None, *,
-         ingest_cls: type[Ingest] | None = None, score_cls: type[ScoreWindow] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def job_arguments(argv: list[str] | None, description: str) -> tuple[SluiceConfig, int]:
+    """The command line every sluice job shares: ``--config``, ``--bounded``,
+    ``--startup-mode`` and ``--rest-port``. Returns the config (with the overrides) and
+    the mini-cluster REST port."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", default=None, help="sluice YAML config (default: sluice.yaml)")
     parser.add_argument("--bounded", action="store_true",
                         help="stop at the end offsets seen at start (overrides job.bounded)")
@@ -432,23 +434,33 @@ def main(argv: list[str] | None = None, extend: Extension | None = None, *,
     parser.add_argument("--rest-port", type=int, default=0,
                         help="mini-cluster REST port (default: any free port)")
     args = parser.parse_args(argv)
-
     cfg = load_config(args.config)
-    overrides = {}
+    overrides: dict[str, object] = {}
     if args.bounded:
         overrides["bounded"] = True
     if args.startup_mode:
         overrides["startup_mode"] = args.startup_mode
     if overrides:
         cfg = cfg.with_overrides(job=overrides)
-    # Fail fast, before anything is submitted: wrong credentials or certificates raise
-    # KafkaAuthError / RegistryAuthError naming the endpoint, within seconds.
+    return cfg, args.rest_port
+
+
+def preflight_job(cfg: SluiceConfig) -> None:
+    """Fail fast, before anything is submitted: wrong credentials or certificates raise
+    KafkaAuthError / RegistryAuthError naming the endpoint, within seconds; an
+    exactly-once job whose transaction timeout the broker would refuse stops here."""
     preflight(cfg)
     if cfg.job.delivery_guarantee == "exactly-once":
         check_transaction_timeout(cfg)
+
+
+def main(argv: list[str] | None = None, extend: Extension | None = None, *,
+         ingest_cls: type[Ingest] | None = None, score_cls: type[ScoreWindow] | None = None) -> None:
+    cfg, rest_port = job_arguments(argv, __doc__.splitlines()[0])
+    preflight_job(cfg)
     if not submitted_by_flink_run():
         prepare_python_path()
-    env = create_env(cfg, args.rest_port)
+    env = create_env(cfg, rest_port)
     build_pipeline(env, cfg, extend, ingest_cls=ingest_cls, score_cls=score_cls)
     env.execute(cfg.job.name)
 

@@ -15,7 +15,6 @@ restarts, rescales and rolls out models without touching ingestion and windows
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -29,11 +28,13 @@ from jobs.pipeline import (  # noqa: E402
     _kafka_props,
     _sink_ddl,
     create_env,
+    job_arguments,
+    preflight_job,
     prepare_python_path,
     submitted_by_flink_run,
 )
-from sluice.config import SluiceConfig, load_config  # noqa: E402
-from sluice.kafka_util import check_transaction_timeout, ensure_topics, preflight  # noqa: E402
+from sluice.config import SluiceConfig  # noqa: E402
+from sluice.kafka_util import ensure_topics  # noqa: E402
 from sluice.scoring_job import add_model_scoring  # noqa: E402
 
 
@@ -52,32 +53,14 @@ def build_pipeline(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> Statem
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default=None, help="sluice YAML config (default: sluice.yaml)")
-    parser.add_argument("--bounded", action="store_true",
-                        help="stop at the end offsets seen at start (overrides job.bounded)")
-    parser.add_argument("--startup-mode", choices=["earliest", "group-offsets", "latest"])
-    parser.add_argument("--rest-port", type=int, default=0,
-                        help="mini-cluster REST port (default: any free port)")
-    args = parser.parse_args(argv)
-
-    cfg = load_config(args.config)
-    overrides = {}
-    if args.bounded:
-        overrides["bounded"] = True
-    if args.startup_mode:
-        overrides["startup_mode"] = args.startup_mode
-    if overrides:
-        cfg = cfg.with_overrides(job=overrides)
+    cfg, rest_port = job_arguments(argv, __doc__.splitlines()[0])
     cfg = job_config(cfg)
-    preflight(cfg)
-    if cfg.job.delivery_guarantee == "exactly-once":
-        check_transaction_timeout(cfg)
+    preflight_job(cfg)
     ensure_topics(cfg, [cfg.topics.features, cfg.topics.model_updates, cfg.topics.model_scores,
                         cfg.topics.alerts])
     if not submitted_by_flink_run():
         prepare_python_path()
-    env = create_env(cfg, args.rest_port)
+    env = create_env(cfg, rest_port)
     build_pipeline(env, cfg)
     env.execute(cfg.job.name)
 

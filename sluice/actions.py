@@ -55,7 +55,6 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from sluice.auth import fail_fast
 from sluice.config import (
     ConfigError,
     RetryPolicyConfig,
@@ -409,7 +408,7 @@ class ActionService:
         return f"{self.cfg.actions.consumer_group}-{self.instance_id()}"
 
     def run(self, until_idle: float | None = None) -> Summary:
-        from sluice.kafka_util import admin, ensure_topics
+        from sluice.kafka_util import admin, committed_consumer, ensure_topics, transactional_producer
         from sluice.registry import output_schema
 
         cfg, a = self.cfg, self.cfg.actions
@@ -423,25 +422,12 @@ class ActionService:
         registry = SchemaRegistryClient(cfg.registry.client_conf())
         deserialize = AvroDeserializer(registry)
         serialize = ConfluentAvroEncoder(dlq_schema.schema_str, dlq_schema.schema_id)
-        producer = Producer({
-            **fail_fast(cfg.kafka.client_properties()),
-            "transactional.id": self.transactional_id(),
-            "transaction.timeout.ms": min(60_000, cfg.kafka.transaction_timeout_ms),
-            "enable.idempotence": True,
-        })
-        try:
-            # Fences an earlier instance with the same group and aborts its open transaction.
-            producer.init_transactions(30)
-        except KafkaException as exc:
-            raise ActionsError(f"cannot start transactions as {self.transactional_id()}: {exc}") from exc
+        # Fences an earlier instance with the same group and aborts its open transaction.
+        producer = transactional_producer(cfg, self.transactional_id(), ActionsError)
         assigned = threading.Event()
-        consumer = Consumer({
-            **fail_fast(cfg.kafka.client_properties()),
-            "group.id": a.consumer_group,
+        consumer = committed_consumer(cfg, a.consumer_group, **{
             "group.instance.id": self.instance_id(),
             "session.timeout.ms": a.session_timeout_ms,
-            "isolation.level": "read_committed",
-            "enable.auto.commit": False,
             "auto.offset.reset": a.start_from,
         })
         consumer.subscribe([topic], on_assign=lambda c, ps: assigned.set())

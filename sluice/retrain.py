@@ -285,12 +285,11 @@ class RetrainService:
     def run(self, *, once: bool = False, assign_timeout: float = 30.0) -> Summary:
         """Handle triggers until stopped; ``once``: until every partition of the trigger
         topic is read to its end (as a read_committed consumer sees it), then return."""
-        from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
+        from confluent_kafka import KafkaError
         from confluent_kafka.schema_registry import SchemaRegistryClient
         from confluent_kafka.schema_registry.avro import AvroDeserializer
 
-        from sluice.auth import fail_fast
-        from sluice.kafka_util import ensure_topics
+        from sluice.kafka_util import committed_consumer, ensure_topics, transactional_producer
         from sluice.model_updates import encoder
 
         cfg = self.cfg
@@ -298,14 +297,7 @@ class RetrainService:
         topic = cfg.topics.retrain_triggers
         ensure_topics(cfg, [topic, cfg.topics.model_updates, cfg.topics.features])
         enc = encoder(cfg)
-        producer = Producer({**fail_fast(cfg.kafka.client_properties()),
-                             "transactional.id": self.transactional_id(),
-                             "transaction.timeout.ms": min(60_000, cfg.kafka.transaction_timeout_ms),
-                             "enable.idempotence": True})
-        try:
-            producer.init_transactions(30)
-        except KafkaException as exc:
-            raise RetrainError(f"cannot start transactions as {self.transactional_id()}: {exc}") from exc
+        producer = transactional_producer(cfg, self.transactional_id(), RetrainError)
         assigned: set[int] = set()
         at_end: set[int] = set()
         got_assignment = threading.Event()
@@ -314,10 +306,8 @@ class RetrainService:
             assigned.update(p.partition for p in parts)
             got_assignment.set()
 
-        consumer = Consumer({**fail_fast(cfg.kafka.client_properties()),
-                             "group.id": cfg.retrain.consumer_group,
-                             "isolation.level": "read_committed", "enable.auto.commit": False,
-                             "auto.offset.reset": "earliest", "enable.partition.eof": True})
+        consumer = committed_consumer(cfg, cfg.retrain.consumer_group,
+                                      **{"enable.partition.eof": True})
         consumer.subscribe([topic], on_assign=on_assign)
         client = SchemaRegistryClient(cfg.registry.client_conf())
         de = AvroDeserializer(client)
