@@ -93,7 +93,12 @@ schemas-check: $(VENV)/.installed ## every schema version against its predecesso
 	$(VENV)/bin/sluice schemas check
 
 test: setup cargo-test schemas-check ## cargo test + schema checks + unit + integration + e2e on the real local stack
-	$(PYTEST) tests/unit tests/integration tests/e2e -m "not bench" -q -rfEs
+	@mkdir -p out/test && rm -f out/test/junit.xml
+	@# pytest's exit code is kept (5, no tests, fails too); the failure summary comes last
+	@# so a log cut to its tail still names each failure and its reason.
+	$(PYTEST) tests/unit tests/integration tests/e2e -m "not bench" -q -rfEs \
+	    --junitxml=out/test/junit.xml; rc=$$?; \
+	    $(PY) -m tests.failure_summary out/test/junit.xml; exit $$rc
 
 bench: setup ## benchmarks (never part of `make test`): micro (pytest, criterion) + `sluice bench`
 	$(PYTEST) tests/bench -m bench -q -s
