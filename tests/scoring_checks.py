@@ -153,6 +153,11 @@ def check_scores(vectors: list[dict[str, Any]], scores: list[tuple[int, dict[str
 
 
 # --- running the scoring job and reading its output ----------------------------------------
+def ref(mv: Any) -> str:
+    """How score and alert records name a model version (``name/vN``)."""
+    return f"{mv.name}/v{mv.version}"
+
+
 def wait_for(cond: Any, timeout: float, what: str) -> None:
     import time
 
@@ -162,6 +167,23 @@ def wait_for(cond: Any, timeout: float, what: str) -> None:
             return
         time.sleep(0.5)
     raise AssertionError(what)
+
+
+def bridge_until(switched: Any, produce_batch: Any, *, timeout: float = 120.0,
+                 pause: float = 1.0, what: str = "no vector was scored by the new version") -> int:
+    """After a hot swap was announced: ``produce_batch(k)`` (a small batch) every
+    ``pause`` seconds until ``switched()`` (a committed score by the new version) holds.
+    Returns how many bridging batches it took; fails after ``timeout`` seconds."""
+    import time
+
+    k = 0
+    deadline = time.monotonic() + timeout
+    while not switched():
+        assert time.monotonic() < deadline, f"{what} within {timeout:.0f} s"
+        produce_batch(k)
+        k += 1
+        time.sleep(pause)
+    return k
 
 
 def read_outputs(cfg: SluiceConfig, topics: list[str]) -> dict[str, list[tuple[int, dict[str, Any]]]]:

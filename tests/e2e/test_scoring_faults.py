@@ -53,9 +53,11 @@ from tests.scoring_checks import (
     MINUTE,
     WINDOW,
     ScoringJob,
+    bridge_until,
     check_scores,
     produce_vectors,
     read_outputs,
+    ref,
     synthetic_vectors,
     wait_for,
 )
@@ -74,10 +76,6 @@ def written(probe: TransactionProbe) -> int:
     futures = probe.client.list_offsets(wanted, isolation_level=IsolationLevel.READ_UNCOMMITTED,
                                         request_timeout=15)
     return sum(f.result().offset for f in futures.values())
-
-
-def ref(mv: ModelVersion) -> str:
-    return f"{mv.name}/v{mv.version}"
 
 
 def sid(v: dict[str, Any]) -> str:
@@ -293,13 +291,9 @@ def test_s2_hot_swap_survives_a_restart(stack: SluiceConfig, tmp_path: Path) -> 
     with scoring_run(stack, tmp_path, "scorefault-s2") as run:
         announce(run.cfg, run.v2, previous_version=run.v1.version)
         run.mark("v2 announced")
-        k = 0
-        deadline = time.monotonic() + 120
-        while not any(s["model_version"] == ref(run.v2) for _, s in run.scores()):
-            assert time.monotonic() < deadline, "no vector was scored by v2 within 120 s"
-            run.produce(1, seed=100 + k)  # small batches until the first committed v2 score
-            k += 1
-            time.sleep(1.0)
+        # Small batches until the first committed v2 score.
+        k = bridge_until(lambda: any(s["model_version"] == ref(run.v2) for _, s in run.scores()),
+                         lambda k: run.produce(1, seed=100 + k), what="no vector was scored by v2")
         run.mark("first v2 score committed")
         switched_at = len(run.vectors)  # every vector from here on must get v2
         kill, cp, held = run.aim_and_kill(seed=200)

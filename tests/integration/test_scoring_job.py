@@ -28,9 +28,11 @@ from tests.conftest import unique_config, write_config
 from tests.scoring_checks import (
     WINDOW,
     ScoringJob,
+    bridge_until,
     check_scores,
     produce_vectors,
     read_outputs,
+    ref,
     synthetic_vectors,
     wait_for,
 )
@@ -76,20 +78,19 @@ def test_hot_swap_scores_every_vector_with_exactly_one_version(
 
         wait_for(scored(len(batch_a)), 240, "batch A was not scored")
         announce(cfg, v2, previous_version=v1.version)
-        k = 0
-        deadline = time.monotonic() + 120
-        while True:  # small batches until the first v2 score shows the switch
-            job.alive()
+
+        def bridge(k: int) -> None:
             batch = synthetic_vectors(cfg, devices=6, windows=1, start_ms=t0 + (10 + k) * 60_000,
                                       seed=100 + k)
             produce_vectors(cfg, batch)
-            vectors += batch
-            k += 1
-            time.sleep(2.0)
-            scores, _ = _outputs(cfg)
-            if any(s["model_version"] == ref(v2) for _, s in scores):
-                break
-            assert time.monotonic() < deadline, "no vector was scored by v2 within 120 s"
+            vectors.extend(batch)
+
+        def switched() -> bool:
+            job.alive()
+            return any(s["model_version"] == ref(v2) for _, s in _outputs(cfg)[0])
+
+        # Small batches until the first v2 score shows the switch.
+        k = bridge_until(switched, bridge, pause=2.0, what="no vector was scored by v2")
         batch_c = synthetic_vectors(cfg, devices=6, windows=5,
                                     start_ms=t0 + (10 + k) * 60_000, seed=999)
         produce_vectors(cfg, batch_c)
@@ -113,7 +114,3 @@ def test_hot_swap_scores_every_vector_with_exactly_one_version(
     assert last_v1 <= first_v2, (last_v1, first_v2)
     print(f"scored {report.scores} vectors: {report.by_version}, {report.alerts} alerts; "
           f"{k} bridging batches")
-
-
-def ref(mv: Any) -> str:
-    return f"{mv.name}/v{mv.version}"
