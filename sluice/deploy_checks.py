@@ -310,7 +310,7 @@ def check_topics(script: str, cfg: SluiceConfig) -> list[str]:
     have, want = created_topics(script), set(cfg.topics.all())
     out = [f"topic {t} of sluice.yaml is not created" for t in sorted(want - set(have))]
     out += [f"created topic {t} is not in sluice.yaml" for t in sorted(set(have) - want)]
-    compact = {cfg.topics.dlq_replays, cfg.topics.devices}
+    compact = {cfg.topics.dlq_replays, cfg.topics.devices, cfg.topics.model_updates}
     out += [f"topic {t}: compacted={c}, the job expects {t in compact}"
             for t, c in have.items() if t in want and c != (t in compact)]
     return out

@@ -35,7 +35,9 @@ def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: f
 
     The DLQ replay ledger (``topics.dlq_replays``) is compacted: one entry per dead
     letter, kept for as long as the topic exists; so is the device registry
-    (``topics.devices``, the latest version per device).
+    (``topics.devices``, the latest version per device), and ``topics.model_updates``
+    (keyed by model name: the newest announcement per model, so a scoring job started
+    from scratch does not score with versions that were replaced long ago).
     """
     client = admin(cfg)
     wanted = topics if topics is not None else cfg.topics.all()
@@ -59,7 +61,7 @@ def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: f
 
 
 def _topic_config(cfg: SluiceConfig, topic: str) -> dict[str, str]:
-    if topic in (cfg.topics.dlq_replays, cfg.topics.devices):
+    if topic in (cfg.topics.dlq_replays, cfg.topics.devices, cfg.topics.model_updates):
         return {"cleanup.policy": "compact"}
     return {}
 
@@ -183,6 +185,28 @@ def end_offsets(cfg: SluiceConfig, topic: str, timeout: float = 15) -> dict[int,
             p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=timeout)[1]
             for p in md.partitions
         }
+    finally:
+        c.close()
+
+
+def offsets_for_time(cfg: SluiceConfig, topic: str, ts_ms: int,
+                     timeout: float = 15) -> dict[int, int]:
+    """Per partition, the first offset whose record timestamp is at or after ``ts_ms``,
+    or the partition's end offset when there is none (reading from it reads nothing)."""
+    c = _consumer(cfg, "sluice-offsets")
+    try:
+        md = c.list_topics(topic, timeout=timeout).topics[topic]
+        if md.error is not None:
+            raise RuntimeError(f"topic {topic}: {md.error}")
+        found = c.offsets_for_times(
+            [TopicPartition(topic, p, int(ts_ms)) for p in md.partitions], timeout=timeout)
+        out: dict[int, int] = {}
+        for tp in found:
+            if tp.error is not None:
+                raise RuntimeError(f"{topic}[{tp.partition}]: offset for {ts_ms}: {tp.error}")
+            out[tp.partition] = (tp.offset if tp.offset >= 0 else
+                                 c.get_watermark_offsets(tp, timeout=timeout)[1])
+        return out
     finally:
         c.close()
 

@@ -238,14 +238,28 @@ def version_of_trigger(registry: Registry, name: str, tid: str) -> ModelVersion 
 
 
 # --- the service -------------------------------------------------------------------------------
-def read_features(cfg: SluiceConfig) -> list[dict[str, Any]]:
-    """Every committed FeatureVector on ``topics.features`` (to the end as of now)."""
+#: How much earlier than a vector's window start its Kafka record may have been written
+#: and still be read (see read_features).
+WRITE_TIME_MARGIN_MS = 3_600_000
+
+
+def read_features(cfg: SluiceConfig, since_ms: int | None = None) -> list[dict[str, Any]]:
+    """The committed FeatureVectors on ``topics.features`` (to the end as of now).
+
+    With ``since_ms``, each partition is read from the first record written at or after
+    ``since_ms`` minus one hour (``WRITE_TIME_MARGIN_MS``), not from the beginning: the
+    features job's records carry their write time, which is after their window's start,
+    so no vector with ``window_start >= since_ms`` is skipped unless it was written more
+    than an hour before its own window began (a clock that far ahead). The caller still
+    filters by ``window_start``."""
     from confluent_kafka.schema_registry import SchemaRegistryClient
     from confluent_kafka.schema_registry.avro import AvroDeserializer
 
-    from sluice.kafka_util import read_to_end
+    from sluice.kafka_util import offsets_for_time, read_to_end
 
-    recs = read_to_end(cfg, cfg.topics.features)
+    start = (None if since_ms is None else
+             offsets_for_time(cfg, cfg.topics.features, since_ms - WRITE_TIME_MARGIN_MS))
+    recs = read_to_end(cfg, cfg.topics.features, start=start)
     with SchemaRegistryClient(cfg.registry.client_conf()) as client:
         de = AvroDeserializer(client)
         return [de(r.value, None) for r in recs if r.value is not None]
@@ -373,7 +387,8 @@ class RetrainService:
         if self.ledger.refused(tid):
             return Decision(tid, name, DUPLICATE, reason="refused already (see the ledger)",
                             decided_at=now), None
-        return retrain(self.cfg, trig, read_features(self.cfg), self.registry, now_ms=now)
+        since = _epoch(trig["window_start"]) - self.cfg.retrain.lookback_ms
+        return retrain(self.cfg, trig, read_features(self.cfg, since), self.registry, now_ms=now)
 
     def _commit(self, msg: Any, d: Decision, mv: ModelVersion | None, producer: Any,
                 consumer: Any, enc: Any) -> None:

@@ -27,6 +27,6 @@ create features
 create late
 create drift
 create retrain-triggers
-create model-updates
+create model-updates compact
 create action-dlq
 create model-scores

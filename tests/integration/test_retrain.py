@@ -25,7 +25,7 @@ from sluice.kafka_util import ensure_topics
 from sluice.model import Dataset, Registry, TrainParams, fit, package
 from sluice.model_updates import load_artifact, read_updates
 from sluice.registry import output_schema
-from sluice.retrain import Ledger, ledger_path, retrain
+from sluice.retrain import WRITE_TIME_MARGIN_MS, Ledger, ledger_path, read_features, retrain
 from tests.conftest import PYTHON, run_job, unique_config, write_config
 
 pytestmark = pytest.mark.integration
@@ -62,12 +62,17 @@ def trigger(name: str, end: int) -> dict:
             "window_end": end, "triggered_at": end + 5}
 
 
-def produce(cfg: SluiceConfig, topic: str, schema: str, records: list[dict]) -> None:
+def produce(cfg: SluiceConfig, topic: str, schema: str, records: list[dict],
+            written_at: str | None = None) -> None:
+    """``written_at``: a field whose value becomes the record's Kafka timestamp (default:
+    the producer's clock)."""
     out = output_schema(cfg, schema)
     enc = ConfluentAvroEncoder(out.schema_str, out.schema_id)
     p = Producer({**cfg.kafka.client_properties(), "enable.idempotence": True})
     for r in records:
-        p.produce(topic, key=str(r.get("device_id") or r.get("model_name")).encode(), value=enc(r))
+        ts = {"timestamp": int(r[written_at])} if written_at else {}
+        p.produce(topic, key=str(r.get("device_id") or r.get("model_name")).encode(), value=enc(r),
+                  **ts)
     assert p.flush(30) == 0
 
 
@@ -146,3 +151,28 @@ def test_retrain_publishes_refuses_and_is_idempotent(setup: tuple[SluiceConfig, 
     rec = json.loads(next(x for x in out.splitlines() if x.startswith('{"model_name"')))
     assert (rec["version"], rec["previous_version"]) == ("1", "3")
     assert [u["version"] for u in read_updates(cfg)] == ["2", "3", "1"]
+
+
+def test_read_features_starts_at_the_trigger_period(stack: SluiceConfig) -> None:
+    """The retrain process reads the features topic from the trigger's period (by record
+    timestamp, one margin early), not from the beginning."""
+    cfg = unique_config(stack, "retrain-since")
+    ensure_topics(cfg, [cfg.topics.features])
+    rng = np.random.default_rng(5)
+    old = vectors(rng, 50, T0, "w")  # written long before the period
+    edge = vectors(rng, 20, START - WRITE_TIME_MARGIN_MS + 60_000, "w")  # within the margin
+    new = vectors(rng, 60, START, "w")
+    produce(cfg, cfg.topics.features, "features-value/v1.avsc", old + edge + new,
+            written_at="computed_at")
+    def starts(rows: list[dict]) -> list[int]:
+        return sorted(v if isinstance(v, int) else int(v.timestamp() * 1000)
+                      for v in (r["window_start"] for r in rows))
+
+    got = read_features(cfg, START)
+    assert starts(got) == starts(edge + new), f"{len(got)} read, {len(edge + new)} expected"
+    # Controls: from before everything and without a bound, every vector is read.
+    assert starts(read_features(cfg, T0)) == starts(old + edge + new)
+    assert starts(read_features(cfg)) == starts(old + edge + new)
+    # After the last record: nothing, and no wait for records that will not come.
+    assert read_features(cfg, START + 10 * 86_400_000) == []
+

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from sluice.config import SluiceConfig
-from sluice.kafka_util import ensure_topics
+from sluice.kafka_util import ensure_topics, topic_config
 from sluice.model import Registry, TrainParams, train
 from sluice.model_updates import announce
 from tests.conftest import unique_config, write_config
@@ -51,6 +51,8 @@ def test_hot_swap_scores_every_vector_with_exactly_one_version(
     cfg = unique_config(stack, "scoring", models={"dir": str(tmp_path / "models")},
                         job={"startup_mode": "earliest"}, scoring={"warmup": 3})
     ensure_topics(cfg)
+    # One announcement per model survives compaction (keyed by model name).
+    assert topic_config(cfg, cfg.topics.model_updates)["cleanup.policy"] == "compact"
     spec = cfg.feature_spec()
     assert spec is not None
     reg = Registry(cfg.path(cfg.models.dir))
