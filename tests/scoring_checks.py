@@ -152,6 +152,67 @@ def check_scores(vectors: list[dict[str, Any]], scores: list[tuple[int, dict[str
     return ScoringReport(len(expected), len(seen), dict(versions), len(alerts))
 
 
+@dataclass
+class DriftReport:
+    windows: int  # distinct (feature, window) evaluated
+    events: int
+    drifted: int
+    watermark_ms: int
+
+
+def _ms(v: Any) -> int:
+    return v if isinstance(v, int) else int(v.timestamp() * 1000)
+
+
+def check_drift(features: list[tuple[int, dict[str, Any]]], events: list[dict[str, Any]],
+                triggers: list[dict[str, Any]], drift: Any, partitions: int,
+                names: list[str]) -> DriftReport:
+    """The drift output of one model against an oracle that only counts: which sliding
+    windows must have closed and how many vectors each holds, from the vectors as the
+    features topic holds them ((partition, record), all scored by one version, none late).
+
+    The monitor's watermark is the oldest of the partitions' newest window starts minus
+    one slide (docs/drift.md); every window [s, s + window_ms) with s a multiple of
+    slide_ms, end - 1 <= that watermark and at least min_samples vectors must have exactly
+    one DriftEvent per feature, whose sample_count is the number of vectors in it. No
+    other event; no trigger twice."""
+    W, S = drift.window_ms, drift.slide_ms
+    newest: dict[int, int] = {}
+    starts: list[int] = []
+    for p, v in features:
+        t = _ms(v["window_start"])
+        starts.append(t)
+        newest[p] = max(newest.get(p, t), t)
+    assert len(newest) == partitions, \
+        f"vectors on partitions {sorted(newest)} of {partitions}: no watermark to check against"
+    wm = min(newest.values()) - S
+    panes = {t - t % S for t in starts}
+    candidates = {p - j * S for p in panes for j in range(W // S)}
+    want = {}
+    for ws in sorted(candidates):
+        n = sum(1 for t in starts if ws <= t < ws + W)
+        if ws + W - 1 <= wm and n >= drift.min_samples:
+            want[ws] = n
+    seen: dict[tuple[str, int], dict[str, Any]] = {}
+    for e in events:
+        key = (e["feature"], _ms(e["window_start"]))
+        assert key not in seen, f"drift event for {key} written twice"
+        seen[key] = e
+        assert _ms(e["window_end"]) - key[1] == W, f"{key}: window of {e['window_end']}"
+    for name in names:
+        got = {ws for f, ws in seen if f == name}
+        assert got == set(want), (
+            f"{name}: windows missing {sorted(set(want) - got)}, unexpected "
+            f"{sorted(got - set(want))} (watermark {wm})")
+        for ws, n in want.items():
+            assert seen[(name, ws)]["sample_count"] == n, \
+                f"{name} window {ws}: sample_count {seen[(name, ws)]['sample_count']}, want {n}"
+    assert {f for f, _ in seen} <= set(names), f"events for other features: {set(seen)}"
+    ids = [t["trigger_id"] for t in triggers]
+    assert len(ids) == len(set(ids)), f"retrain trigger written twice: {sorted(ids)}"
+    return DriftReport(len(seen), len(events), sum(bool(e["drifted"]) for e in events), wm)
+
+
 # --- running the scoring job and reading its output ----------------------------------------
 def ref(mv: Any) -> str:
     """How score and alert records name a model version (``name/vN``)."""

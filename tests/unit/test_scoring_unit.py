@@ -23,7 +23,7 @@ from sluice.scoring import (
     score_id,
     version_number,
 )
-from tests.scoring_checks import WINDOW, check_scores, synthetic_vectors
+from tests.scoring_checks import WINDOW, check_drift, check_scores, synthetic_vectors
 
 MODEL = "iforest-unit"
 
@@ -205,3 +205,56 @@ def test_update_record_is_json_shaped(trained: Any) -> None:
     rec = model_update_record(mv, previous_version=None)
     json.dumps(rec)
     assert rec["version"] == "1" and rec["artifact_sha256"] == mv.metadata["export_sha256"]
+
+
+# --- the drift output's check (used by the S1 fault test) --------------------------------
+def _drift_run(trained: Any) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]],
+                                      list[dict[str, Any]], Any, list[str]]:
+    """The real DriftDetector and RetrainPolicy, fed as DriftMonitor feeds them (the
+    per-partition watermark rule), over 12 minutes of vectors on 3 partitions, the last
+    four shifted far from the training data."""
+    from sluice.config import DriftConfig
+    from sluice.drift import DriftDetector, RetrainPolicy
+
+    cfg, reg, mv = trained
+    drift = DriftConfig(window_ms=180_000, slide_ms=60_000, min_samples=5, k_windows=2)
+    vectors = (synthetic_vectors(cfg, devices=5, windows=8, seed=21)
+               + synthetic_vectors(cfg, devices=5, windows=4, seed=22, shift=3.0,
+                                   start_ms=1_767_225_600_000 + 8 * 60_000))
+    features = [(int(v["device_id"][-1]) % 3, v) for v in vectors]
+    det, policy = DriftDetector(mv.metadata, drift, clock=lambda: 0), RetrainPolicy(drift)
+    marks: dict[int, int] = {}
+    events: list[dict[str, Any]] = []
+    triggers: list[dict[str, Any]] = []
+    for p, v in features:
+        marks[p] = max(marks.get(p, v["window_start"]), v["window_start"])
+        wm = min(marks.values()) - drift.slide_ms if len(marks) == 3 else None
+        new = det.add(v, v["window_start"], watermark_ms=wm)
+        events += new
+        triggers += policy.observe(new)
+    return features, events, triggers, drift, list(det.features)
+
+
+def test_check_drift_passes_on_the_detector_output(trained: Any) -> None:
+    features, events, triggers, drift, names = _drift_run(trained)
+    report = check_drift(features, events, triggers, drift, 3, names)
+    assert report.windows == len(events) > 0 and report.drifted > 0 and triggers
+
+
+@pytest.mark.parametrize("breakage", ["duplicate", "missing", "count", "trigger", "extra"])
+def test_check_drift_fails_on_broken_output(trained: Any, breakage: str) -> None:
+    features, events, triggers, drift, names = _drift_run(trained)
+    if breakage == "duplicate":
+        events = events + events[3:4]
+    elif breakage == "missing":
+        events = events[:2] + events[3:]
+    elif breakage == "count":
+        events = [dict(events[0], sample_count=events[0]["sample_count"] + 1)] + events[1:]
+    elif breakage == "trigger":
+        triggers = triggers + triggers[:1]
+    else:  # a window the watermark never closed
+        last = max(events, key=lambda e: e["window_start"])
+        events = events + [dict(last, window_start=last["window_start"] + drift.slide_ms,
+                                window_end=last["window_end"] + drift.slide_ms)]
+    with pytest.raises(AssertionError):
+        check_drift(features, events, triggers, drift, 3, names)
