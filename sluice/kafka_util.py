@@ -58,6 +58,21 @@ def ensure_topics(cfg: SluiceConfig, topics: list[str] | None = None, timeout: f
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise RuntimeError(f"cannot create topic {topic}: {exc}") from exc
+    # The controller has created them; the broker that answers metadata requests may not
+    # know them yet (a freshly started or busy broker), and a reader or describe_configs
+    # would then fail with UNKNOWN_TOPIC_OR_PART. Wait until every one is served.
+    deadline = time.monotonic() + timeout
+    pending = {t.topic for t in new}
+    while pending:
+        md = client.list_topics(timeout=timeout).topics
+        pending = {t for t in pending
+                   if t not in md or md[t].error is not None or not md[t].partitions}
+        if not pending:
+            break
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"topics {sorted(pending)} created but not in the broker's "
+                               f"metadata after {timeout} s")
+        time.sleep(0.1)
 
 
 def _topic_config(cfg: SluiceConfig, topic: str) -> dict[str, str]:
