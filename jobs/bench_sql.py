@@ -1,10 +1,13 @@
 """`sluice bench` variant (c): what Flink SQL built-ins (Java, no Python UDF) can express
-of the ingest path, on a JSON copy of the same telemetry.
+of the ingest path, on the same telemetry.
 
-    python jobs/bench_sql.py --config CONFIG [--rest-port N]
+    python jobs/bench_sql.py --config CONFIG [--rest-port N] [--format avro|json]
 
-Reads ``topics.telemetry`` (JSON readings in the reader schema's field names: the bench
-writes a JSON copy of the Avro input there), bounded from the earliest offset; filters,
+Reads ``topics.telemetry``, bounded from the earliest offset: with ``--format avro`` (the
+default) the same Confluent-framed Avro the Rust variant reads, decoded by Flink's
+``avro-confluent`` format against the registry with our reader schema (writer schemas
+v1-v3 resolved to it by Avro's rules, aliases and promotions included); with
+``--format json`` a JSON copy in the reader schema's field names. Then it filters,
 enriches from the device table (a CASE lookup compiled into the plan: stateless, keeps
 the rowtime), dedups on the event id (the same OVER count as jobs/pipeline.py) and writes
 
@@ -12,8 +15,8 @@ the rowtime), dedups on the event id (the same OVER count as jobs/pipeline.py) a
   record) to ``topics.enriched``;
 - a tumbling event-time window per device (count, mean, max) to ``topics.scores``.
 
-JSON, not 'avro-confluent': flink-sql-avro-confluent-registry 2.2.0 is on Maven Central,
-but wiring its registry client to Apicurio's ccompat API is left for later (docs/performance.md).
+The avro format needs ``flink-sql-avro-confluent-registry`` in ``job.jars`` (the bench
+adds it; docs/performance.md).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ if __package__ in (None, ""):
 
 from jobs.pipeline import _kafka_props, create_env, load_devices  # noqa: E402
 from sluice.config import SluiceConfig, load_config  # noqa: E402
+from sluice.registry import read_schema  # noqa: E402
 
 
 def _quote(s: str | None) -> str:
@@ -57,27 +61,62 @@ def _sink(cfg: SluiceConfig, table: str, topic: str, columns: str) -> str:
         'format' = 'json', 'json.timestamp-format.standard' = 'ISO-8601', {delivery})"""
 
 
-def build(env: StreamExecutionEnvironment, cfg: SluiceConfig) -> None:
-    t_env = StreamTableEnvironment.create(env)
-    t_env.get_config().set("table.exec.state.ttl", f"{cfg.ingest.dedup_ttl_ms} ms")
+def _source_ddl(cfg: SluiceConfig, fmt: str) -> str:
     ooo = f"{cfg.window.out_of_orderness_ms / 1000:.3f}"
-    t_env.execute_sql(f"""
-        CREATE TEMPORARY TABLE readings (
-            event_id STRING, device_id STRING, ts BIGINT, temperature_c DOUBLE,
-            vibration_rms_g DOUBLE, status STRING, humidity_pct DOUBLE, firmware STRING,
-            sample_count INT,
-            `partition` INT METADATA VIRTUAL,
+    meta = f"""`partition` INT METADATA VIRTUAL,
             `offset` BIGINT METADATA VIRTUAL,
             rowtime TIMESTAMP_LTZ(3) METADATA FROM 'timestamp',
             proc AS PROCTIME(),
-            WATERMARK FOR rowtime AS rowtime - INTERVAL '{ooo}' SECOND
+            WATERMARK FOR rowtime AS rowtime - INTERVAL '{ooo}' SECOND"""
+    if fmt == "json":
+        columns = """event_id STRING, device_id STRING, ts BIGINT, temperature_c DOUBLE,
+            vibration_rms_g DOUBLE, status STRING, humidity_pct DOUBLE, firmware STRING,
+            sample_count INT"""
+        format_opts = "'format' = 'json', 'json.ignore-parse-errors' = 'false'"
+    else:
+        # Our reader schema, given to the format: the schema it would derive from the DDL
+        # cannot read our writers (an enum, v1/v2's vibration_rms alias, v3's long). Flink
+        # reads the record's fields by position, so the physical columns are exactly the
+        # schema's fields: the same names, order, nullability and the types Flink derives
+        # from it (the format refuses anything else).
+        schema = read_schema(cfg.schema_path(cfg.schemas.telemetry_reader))
+        columns = """event_id STRING NOT NULL, device_id STRING NOT NULL,
+            ts TIMESTAMP(3) NOT NULL, temperature_c DOUBLE NOT NULL,
+            vibration_rms_g FLOAT NOT NULL, status STRING NOT NULL, humidity_pct DOUBLE,
+            firmware STRING, sample_count BIGINT NOT NULL"""
+        registry = cfg.registry.url.replace("'", "''")
+        escaped = schema.replace("'", "''")
+        format_opts = (f"'format' = 'avro-confluent', 'avro-confluent.url' = '{registry}', "
+                       f"'avro-confluent.schema' = '{escaped}'")
+    return f"""
+        CREATE TEMPORARY TABLE readings_raw (
+            {columns},
+            {meta}
         ) WITH (
             'connector' = 'kafka', 'topic' = '{cfg.topics.telemetry}', {_kafka_props(cfg)},
             'properties.group.id' = '{cfg.job.consumer_group}',
             'properties.isolation.level' = 'read_committed',
-            'format' = 'json', 'json.ignore-parse-errors' = 'false',
+            {format_opts},
             'scan.startup.mode' = 'earliest-offset', 'scan.bounded.mode' = 'latest-offset'
-        )""")
+        )"""
+
+
+def build(env: StreamExecutionEnvironment, cfg: SluiceConfig, fmt: str = "avro") -> None:
+    t_env = StreamTableEnvironment.create(env)
+    t_env.get_config().set("table.exec.state.ttl", f"{cfg.ingest.dedup_ttl_ms} ms")
+    t_env.execute_sql(_source_ddl(cfg, fmt))
+    if fmt == "json":
+        t_env.create_temporary_view("readings", t_env.sql_query("SELECT * FROM readings_raw"))
+    else:
+        # ts is the record timestamp too (the schema says so): its epoch millis come from
+        # the rowtime column, without a time-zone round trip.
+        t_env.create_temporary_view("readings", t_env.sql_query("""
+            SELECT event_id, device_id, UNIX_TIMESTAMP(CAST(rowtime AS STRING)) * 1000
+                       + EXTRACT(MILLISECOND FROM rowtime) AS ts,
+                   temperature_c, CAST(vibration_rms_g AS DOUBLE) AS vibration_rms_g, status,
+                   humidity_pct, firmware, CAST(sample_count AS INT) AS sample_count,
+                   `partition`, `offset`, rowtime, proc
+            FROM readings_raw"""))
     devices = load_devices(cfg.path(cfg.reference.devices_csv))
     lim = cfg.ingest
     t_env.create_temporary_view("counted", t_env.sql_query(f"""
@@ -125,10 +164,12 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default=None)
     parser.add_argument("--rest-port", type=int, default=0)
+    parser.add_argument("--format", choices=["avro", "json"], default="avro",
+                        help="the input: Confluent-framed Avro (avro-confluent) or its JSON copy")
     args = parser.parse_args(argv)
     cfg = load_config(args.config)
     env = create_env(cfg, args.rest_port)
-    build(env, cfg)
+    build(env, cfg, args.format)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,11 @@ TARGETS = {  # issue 7: reported next to the measurements, never asserted
 }
 
 
+#: Flink's avro-confluent SQL format (flink-conf/pom.xml; `make deps` fetches it). Only the
+#: SQL variant loads it: it carries unshaded Guava and commons-lang3.
+AVRO_CONFLUENT_JAR = ".deps/flink-jars/flink-sql-avro-confluent-registry-2.2.0.jar"
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str
@@ -56,6 +61,9 @@ class Variant:
     script: str | None  # None: the raw Kafka consumer
     job: dict[str, Any] = field(default_factory=dict)
     json_input: bool = False
+    json_output: bool = False  # the SQL variants write JSON (processed_at as ISO-8601)
+    args: tuple[str, ...] = ()  # extra arguments of the script
+    jars: tuple[str, ...] = ()  # added to job.jars
 
 
 VARIANTS: dict[str, Variant] = {v.name: v for v in (
@@ -65,8 +73,10 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
     Variant("rust_thread", "(a) Rust UDFs, thread mode, exactly-once", "jobs/pipeline.py",
             {"python_execution_mode": "thread"}),
     Variant("python", "(b) pure-Python UDFs (fastavro), exactly-once", "jobs/bench_python.py"),
-    Variant("sql", "(c) Flink SQL built-ins (JSON), exactly-once", "jobs/bench_sql.py",
-            json_input=True),
+    Variant("sql", "(c) Flink SQL built-ins (avro-confluent), exactly-once", "jobs/bench_sql.py",
+            json_output=True, args=("--format", "avro"), jars=(AVRO_CONFLUENT_JAR,)),
+    Variant("sql_json", "(c) Flink SQL built-ins on a JSON copy, exactly-once",
+            "jobs/bench_sql.py", json_input=True, json_output=True, args=("--format", "json")),
     Variant("kafka", "(d) raw Kafka consume (read_committed)", None),
 )}
 
@@ -246,9 +256,10 @@ def run_flink_variant(base: SluiceConfig, v: Variant, tag: str, n: int, out_dir:
     topics = {k: f"{vt}.{k}" for k in ("enriched", "scores", "alerts", "dlq", "quality")}
     if v.json_input:
         topics["telemetry"] = json_topic
+    jars = [*base.job.jars, *(REPO_ROOT / j for j in v.jars)]
     cfg = base.with_overrides(topics=topics, job={
         "name": f"sluice-bench-{v.name}", "consumer_group": f"sluice-{vt}",
-        "transactional_id_prefix": f"sluice-{vt}", **v.job})
+        "transactional_id_prefix": f"sluice-{vt}", "jars": jars, **v.job})
     ensure_topics(cfg, [cfg.topics.enriched, cfg.topics.scores, cfg.topics.alerts,
                         cfg.topics.dlq, cfg.topics.quality])
     conf_path = dump_config(cfg, out_dir / f"{v.name}.yaml")
@@ -256,7 +267,7 @@ def run_flink_variant(base: SluiceConfig, v: Variant, tag: str, n: int, out_dir:
     reader.start()
     port = _free_port()
     args = [sys.executable, str(REPO_ROOT / v.script), "--config", str(conf_path),  # type: ignore[operator]
-            "--rest-port", str(port)]
+            "--rest-port", str(port), *v.args]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
         [str(REPO_ROOT)] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else []))}
     log_path = out_dir / f"{v.name}.log"
@@ -300,7 +311,7 @@ def run_flink_variant(base: SluiceConfig, v: Variant, tag: str, n: int, out_dir:
     time.sleep(0.5)
     reader.stop.set()
     reader.join(10)
-    decode = _processed_at_json if v.json_input else _processed_at_avro(cfg)
+    decode = _processed_at_json if v.json_output else _processed_at_avro(cfg)
     stamps = [(recv, decode(val)) for recv, val in reader.received]
     return _figures(v, n, len(stamps), [p for _, p in stamps], [r - p for r, p in stamps],
                     sampler, sorted(checkpoints.values()), job_info, time.monotonic() - t_start)
@@ -371,7 +382,8 @@ def ratios(variants: dict[str, dict]) -> dict[str, float | None]:
 
     out = {"rust_vs_python": r("rust_eo", "python"), "rust_vs_sql": r("rust_eo", "sql"),
            "eo_vs_alo": r("rust_eo", "rust_alo"), "rust_vs_kafka_limit": r("rust_eo", "kafka"),
-           "thread_vs_process": r("rust_thread", "rust_eo")}
+           "thread_vs_process": r("rust_thread", "rust_eo"),
+           "rust_vs_sql_json": r("rust_eo", "sql_json")}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -385,7 +397,8 @@ def efficiency_ratios(variants: dict[str, dict]) -> dict[str, float]:
 
     out = {"rust_vs_python": r("rust_eo", "python"), "rust_vs_sql": r("rust_eo", "sql"),
            "eo_vs_alo": r("rust_eo", "rust_alo"), "rust_vs_kafka_limit": r("rust_eo", "kafka"),
-           "thread_vs_process": r("rust_thread", "rust_eo")}
+           "thread_vs_process": r("rust_thread", "rust_eo"),
+           "rust_vs_sql_json": r("rust_eo", "sql_json")}
     return {k: v for k, v in out.items() if v is not None}
 
 
@@ -466,7 +479,8 @@ def ratio_table(results: dict) -> Any:
     t.add_column("(a) ÷ variant", justify="right")
     t.add_column("target", justify="right")
     a = results["variants"].get("rust_eo")
-    names = {"python": "rust_vs_python", "sql": "rust_vs_sql", "rust_alo": "eo_vs_alo",
+    names = {"python": "rust_vs_python", "sql": "rust_vs_sql", "sql_json": "rust_vs_sql_json",
+             "rust_alo": "eo_vs_alo",
              "kafka": "rust_vs_kafka_limit", "rust_thread": "thread_vs_process"}
     for k, f in results["variants"].items():
         lat = f["latency_ms"]

@@ -816,7 +816,7 @@ def bench(
     config: ConfigOpt = None,
     records: Annotated[int, typer.Option(help="telemetry records of the shared input")] = 30_000,
     variant: Annotated[list[str] | None, typer.Option(
-        "--variant", help="run only these (rust_eo, rust_alo, rust_thread, python, sql, kafka)")
+        "--variant", help="run only these (rust_eo, rust_alo, rust_thread, python, sql, sql_json, kafka)")
     ] = None,
     out: Annotated[Path, typer.Option(help="folder for results.json and results.png")] = (
         REPO_ROOT / "out" / "bench"),
