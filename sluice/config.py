@@ -749,25 +749,11 @@ class SluiceConfig(BaseModel):
         if not isinstance(name, str) or name == "default":
             return data
         out = dict(data)
-        for section, values in profile_sluice_keys(name).items():
+        for section, values in profile_defaults(name).items():
             sec = dict(out.get(section) or {})
             for key, value in values.items():
                 sec.setdefault(key, value)
             out[section] = sec
-        # The profile's Python bundle time is the default of job.python_bundle_time_ms, the
-        # one value the job sets (jobs/pipeline.py) and the idle timeouts are checked
-        # against (_idleness_outlasts_bundles): an explicit key wins, as for the others.
-        bundle = profile_flink_options(name).get(BUNDLE_TIME_OPTION)
-        if bundle is not None:
-            try:
-                bundle_ms = int(bundle)
-            except ValueError:
-                raise ConfigError(
-                    f"job.profile: {PROFILES_DIR / f'{name}.yaml'}: {BUNDLE_TIME_OPTION} must "
-                    f"be a whole number of milliseconds, not {bundle!r}") from None
-            job = dict(out.get("job") or {})
-            job.setdefault("python_bundle_time_ms", bundle_ms)
-            out["job"] = job
         return out
 
     @model_validator(mode="before")
@@ -939,6 +925,24 @@ def profile_flink_options(name: str) -> dict[str, str]:
 
 def profile_sluice_keys(name: str) -> dict[str, dict[str, Any]]:
     return load_profile(name)["sluice"]
+
+
+def profile_defaults(name: str) -> dict[str, dict[str, Any]]:
+    """What a profile fills in of the sluice config (``{section: {key: value}}``): its
+    ``sluice`` keys, and its Python bundle time as job.python_bundle_time_ms, the one
+    value the job sets (jobs/pipeline.py) and the idle timeouts are checked against
+    (_idleness_outlasts_bundles). Applied with setdefault: an explicit key wins."""
+    out = {section: dict(values) for section, values in profile_sluice_keys(name).items()}
+    bundle = profile_flink_options(name).get(BUNDLE_TIME_OPTION)
+    if bundle is not None:
+        try:
+            bundle_ms = int(bundle)
+        except ValueError:
+            raise ConfigError(
+                f"job.profile: {PROFILES_DIR / f'{name}.yaml'}: {BUNDLE_TIME_OPTION} must "
+                f"be a whole number of milliseconds, not {bundle!r}") from None
+        out.setdefault("job", {})["python_bundle_time_ms"] = bundle_ms
+    return out
 
 
 def _secret_env(env: dict[str, str], name: str) -> tuple[str | None, str | None]:

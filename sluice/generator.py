@@ -721,15 +721,34 @@ def _finish(producer: Producer, out: Generated, t0: float) -> Generated:
     return out
 
 
+class Pacer:
+    """The send schedule of a paced producer: item ``n`` goes out at ``t0 + n / rate``
+    (``rate`` <= 0: no pacing). Behind schedule it does not sleep, so a stall is made up by
+    sending back to back: the average rate holds, and a consumer's latency shows the stall."""
+
+    def __init__(self, rate_eps: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.rate, self.clock, self.sleep = rate_eps, clock, sleep
+        self.t0 = clock()
+
+    def due(self, n: int) -> float:
+        """When item ``n`` is due, on the pacer's clock."""
+        return self.t0 + n / self.rate if self.rate > 0 else self.t0
+
+    def wait(self, n: int) -> None:
+        if self.rate > 0:
+            ahead = self.due(n) - self.clock()
+            if ahead > 0:
+                self.sleep(ahead)
+
+
 def produce_encoded(cfg: SluiceConfig, encoded: list[Encoded], *, rate_eps: float = 0) -> Generated:
     """Send items serialized earlier by :func:`encode_items` (no registry needed),
     paced at ``rate_eps`` when it is above 0."""
     producer, out, t0 = _producer(cfg), Generated(), time.monotonic()
+    pacer = Pacer(rate_eps)
     for n, e in enumerate(encoded):
-        if rate_eps > 0:
-            ahead = t0 + n / rate_eps - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+        pacer.wait(n)
         _send(producer, e)
         producer.poll(0)
         _record(out, e.item)
@@ -743,12 +762,15 @@ def produce(
     live: bool = False,
     on_progress: Callable[[int], None] | None = None,
     labels: list[Anomaly] | None = None,
+    unique_ts: bool = True,
 ) -> Generated:
     """Produce the planned items, each to its input topic, keyed by device id.
 
-    ``live``: stamp each item with the wall clock at send time (strictly increasing,
-    so frame ids stay unique; paced at ``generator.rate_eps``); otherwise keep the
-    planned event times. ``labels`` (from :func:`plan_with_labels`) end up in
+    ``live``: stamp each item with the wall clock at send time (paced at
+    ``generator.rate_eps``); otherwise keep the planned event times. Live stamps are
+    strictly increasing, so frame ids stay unique, unless ``unique_ts`` is False: then they
+    are the send time itself (non-decreasing), which above 1,000 items/s the strict ones
+    cannot be (they run ahead of the clock). ``labels`` (from :func:`plan_with_labels`) end up in
     ``anomalies`` of the result, moved to the event times the items were sent with.
     """
     planned_ts = [item.ts for item in items]
@@ -756,16 +778,13 @@ def produce(
     ser = _Serializers(cfg)
     producer = _producer(cfg)
     out = Generated()
-    rate = cfg.generator.rate_eps
+    pacer = Pacer(cfg.generator.rate_eps if live else 0)
     t0 = time.monotonic()
     last_ts = 0
     for n, item in enumerate(items):
-        if live and rate > 0:
-            ahead = t0 + n / rate - time.monotonic()
-            if ahead > 0:
-                time.sleep(ahead)
+        pacer.wait(n)
         if live:
-            last_ts = max(int(time.time() * 1000), last_ts + 1)
+            last_ts = max(int(time.time() * 1000), last_ts + 1 if unique_ts else last_ts)
             if item.ts != last_ts:
                 item = replace(item, ts=last_ts)
         sent_ts.append(item.ts)
