@@ -402,6 +402,26 @@ def submitted_by_flink_run() -> bool:
     return "PYFLINK_GATEWAY_PORT" in os.environ
 
 
+def mini_cluster_options(cfg: SluiceConfig, rest_port: int = 0) -> dict[str, str]:
+    """What a job run as a script (its own mini-cluster) sets on top of :func:`flink_options`."""
+    conf = {
+        "python.executable": sys.executable,
+        "python.client.executable": sys.executable,
+        # The mini-cluster's REST endpoint (job status, stop-with-drain): loopback only,
+        # and a free port unless one is asked for, so it never collides with a real 8081.
+        "rest.bind-address": "127.0.0.1",
+        "rest.address": "127.0.0.1",
+        "rest.port": str(rest_port),
+    }
+    if not cfg.checkpoint.dir:
+        # Without a directory a mini-cluster keeps checkpoints in the JobManager's memory,
+        # capped at 5 MB: the dedup state alone outgrows that after about 70,000 event ids
+        # within dedup_ttl_ms, and every checkpoint then fails and the job restarts.
+        conf["execution.checkpointing.dir"] = (
+            cfg.path(cfg.stack.run_dir) / "checkpoints" / cfg.job.name).resolve().as_uri()
+    return conf
+
+
 def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironment:
     """The job's environment: a mini-cluster when run as a script; under `flink run`,
     the cluster's (its address, -pyexec/-pyarch) with the job's own settings on top."""
@@ -410,13 +430,8 @@ def create_env(cfg: SluiceConfig, rest_port: int = 0) -> StreamExecutionEnvironm
         env = StreamExecutionEnvironment.get_execution_environment(conf)
         env.set_parallelism(cfg.job.parallelism)
         return env
-    conf.set_string("python.executable", sys.executable)
-    conf.set_string("python.client.executable", sys.executable)
-    # The mini-cluster's REST endpoint (job status, stop-with-drain): loopback only,
-    # and a free port unless one is asked for, so it never collides with a real 8081.
-    conf.set_string("rest.bind-address", "127.0.0.1")
-    conf.set_string("rest.address", "127.0.0.1")
-    conf.set_string("rest.port", str(rest_port))
+    for key, value in mini_cluster_options(cfg, rest_port).items():
+        conf.set_string(key, value)
     env = StreamExecutionEnvironment.get_execution_environment(conf)
     env.set_parallelism(cfg.job.parallelism)
     return env

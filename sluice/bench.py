@@ -283,6 +283,7 @@ class JobProcess:
         self.job_id: str | None = None
         self.job_info: dict[str, Any] = {}
         self.checkpoints: dict[int, int] = {}  # id -> end-to-end duration (ms), completed ones
+        self.restarts = 0  # the job's numRestarts metric, as last read
 
     def poll(self) -> None:
         self.sampler.sample()
@@ -295,6 +296,8 @@ class JobProcess:
                 for c in self.rest.get(f"/jobs/{self.job_id}/checkpoints").get("history") or []:
                     if c.get("status") == "COMPLETED":
                         self.checkpoints[c["id"]] = c["end_to_end_duration"]
+                for m in self.rest.get(f"/jobs/{self.job_id}/metrics", get="numRestarts"):
+                    self.restarts = max(self.restarts, int(float(m.get("value", 0))))
         except Exception:  # REST not up yet, or gone at the end  # noqa: BLE001, S110
             pass
 
@@ -379,7 +382,8 @@ def run_flink_variant(base: SluiceConfig, v: Variant, tag: str, n: int, out_dir:
     decode = _processed_at_json if v.json_output else _processed_at_avro(cfg)
     stamps = [(recv, decode(val)) for recv, val in reader.received]
     return _figures(v, n, len(stamps), [p for _, p in stamps], [r - p for r, p in stamps],
-                    job.sampler, sorted(job.checkpoints.values()), job.job_info, job.wall_s)
+                    job.sampler, sorted(job.checkpoints.values()), job.job_info,
+                    job.wall_s) | {"job_restarts": job.restarts}
 
 
 def _figures(v: Variant, n: int, out: int, processed: list[int], latency: list[float],
@@ -599,7 +603,7 @@ def _cpu_figures(sampler: CpuSampler, send_times: list[int]) -> dict:
 
 def run_paced_variant(base: SluiceConfig, p: PacedVariant, tag: str, rate: float,
                       seconds: float, out_dir: Path, say: Callable[[str], None],
-                      warmup_s: float = 20.0, steps: tuple[float, ...] = PACED_STEPS,
+                      warmup_s: float = 30.0, steps: tuple[float, ...] = PACED_STEPS,
                       start_timeout_s: float = 240) -> dict:
     """Start the job and wait until every vertex runs; send a warm-up at the first step's
     rate for ``warmup_s`` (all of which must come out: the Python workers and the sink are
@@ -624,8 +628,11 @@ def run_paced_variant(base: SluiceConfig, p: PacedVariant, tag: str, rate: float
     job = JobProcess(cfg, "jobs/pipeline.py", conf_path, (), out_dir / f"{p.name}.log")
     decode = _decoder_enriched(cfg)
     target = latency_target_ms(cfg)
+    seen: set[str] = set()  # distinct event ids out so far (a restart replays records)
+    looked_at = 0  # how many of reader.received are in seen
 
     def wait_for(sender: _Sender, expect: int, limit_s: float, what: str) -> None:
+        nonlocal looked_at
         deadline = time.monotonic() + limit_s
         while True:
             if job.proc.poll() is not None:
@@ -633,12 +640,16 @@ def run_paced_variant(base: SluiceConfig, p: PacedVariant, tag: str, rate: float
             job.poll()
             if sender.error is not None:
                 raise RuntimeError(f"{p.name}: sending failed: {sender.error}") from sender.error
-            if not sender.is_alive() and len(reader.received) >= expect:
+            new = reader.received[looked_at:]
+            seen.update(decode(value)[0] for _, value in new)
+            looked_at += len(new)
+            if not sender.is_alive() and len(seen) >= expect:
                 return
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{p.name}: {what} not done in {limit_s:.0f} s "
-                                   f"({len(reader.received)}/{expect} out; log {job.log_path})")
+                                   f"({len(seen)}/{expect} out; log {job.log_path})")
             time.sleep(0.25)
+
 
     sent: list[tuple[float, dict[str, int]]] = []  # (rate, event id -> send time) per step
     try:
@@ -690,7 +701,7 @@ def run_paced_variant(base: SluiceConfig, p: PacedVariant, tag: str, rate: float
         "warmup": {"records": warm_n, "rate_eps": round(rates[0], 1)},
         "checkpoint_ms": {"count": len(cps), "p50": _percentile([float(c) for c in cps], 50),
                           "max": max(cps) if cps else None},
-        "process_wall_s": round(job.wall_s, 1),
+        "process_wall_s": round(job.wall_s, 1), "job_restarts": job.restarts,
     }
 
 
@@ -856,7 +867,7 @@ def paced_rate(variants: dict[str, dict], given: float | None) -> float:
 
 def run(cfg: SluiceConfig, *, records: int, names: list[str], out_dir: Path,
         say: Callable[[str], None] = print, rate: float | None = None,
-        paced_seconds: float = 20.0, warmup_seconds: float = 20.0,
+        paced_seconds: float = 20.0, warmup_seconds: float = 30.0,
         paced_steps: tuple[float, ...] = PACED_STEPS) -> dict:
     """The drained variants in ``names`` in order, then the paced ones (``rate``, or half
     of rust_eo's events/s), then the pyo3 micro timings; results.json and results.png."""
@@ -938,7 +949,10 @@ def ratio_table(results: dict) -> Any:
                           _p50_p99(st["latency_ms"]), "",
                           f"paced ({st['records_out']}/{st['records_in']} out)",
                           _verdict(st))
-            ratio_s = f"paced ({f['records_out']}/{f['records_in']} out)"
+            restarts = f.get("job_restarts") or 0
+            ratio_s = (f"paced ({f['records_out']}/{f['records_in']} out"
+                       + (f", {restarts} job restart{'s' if restarts > 1 else ''})" if restarts
+                          else ")"))
             target = _verdict(f)
         else:
             if RATIOS.get(row_ratio.get(k, ""), ("", ""))[0] == k and ratio is not None:

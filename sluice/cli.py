@@ -825,7 +825,7 @@ def bench(
         "--paced-seconds", help="how long each paced variant is fed (measured)")] = 20.0,
     warmup_seconds: Annotated[float, typer.Option(
         "--warmup-seconds", help="how long each paced variant is fed before that (not measured)")
-    ] = 20.0,
+    ] = 30.0,
     out: Annotated[Path, typer.Option(help="folder for results.json and results.png")] = (
         REPO_ROOT / "out" / "bench"),
     keep_stack: Annotated[bool, typer.Option(help="leave the stack running afterwards")] = False,

@@ -268,7 +268,8 @@ class CheckpointConfig(_Section):
     interval_ms: int = Field(default=2_000, gt=0)
     min_pause_ms: int = Field(default=500, ge=0)
     timeout_ms: int = Field(default=120_000, gt=0)
-    # None: the cluster's execution.checkpointing.dir (or in-memory on a mini-cluster).
+    # None: the cluster's execution.checkpointing.dir; a job run as a script (its own
+    # mini-cluster) uses <stack.run_dir>/checkpoints/<job.name> (jobs/pipeline.py).
     dir: str | None = None
     # Where keyed state lives: hashmap (JVM heap; small state) or rocksdb (local disk;
     # state larger than memory), set by the job on top of the cluster's flink-conf.

@@ -186,7 +186,7 @@ def test_table_and_chart_show_paced_runs_against_their_targets(cfg: SluiceConfig
     results = {"records": 10, "variants": {
         "rust_eo": _variant(100.0), "rust_thread": _variant(80.0),
         "paced_low_latency": {**ok, "events_per_cpu_s": 10.0, "checkpoint_ms": {"p50": None, "count": 0}},
-        "paced_throughput": {**missed, "events_per_cpu_s": 10.0,
+        "paced_throughput": {**missed, "events_per_cpu_s": 10.0, "job_restarts": 1,
                              "checkpoint_ms": {"p50": 300.0, "count": 2}}}}
     results["ratios"] = ratios(results["variants"])
     results["targets"] = {}
@@ -197,7 +197,7 @@ def test_table_and_chart_show_paced_runs_against_their_targets(cfg: SluiceConfig
     assert "p99 ≤ 100 ms ✓" in rows["paced_low_latency"]
     assert "p99 ≤ 100 ms ✗" in rows["paced_low_latency @ 100/s"]  # the step's own verdict
     assert "p99 ≤ 10,250 ms ✗" in rows["paced_throughput"]
-    assert "195/200 out" in rows["paced_throughput"]
+    assert "195/200 out, 1 job restart" in rows["paced_throughput"]
     assert "rust_thread ÷ (a) = 0.80" in rows["rust_thread"]
     png = chart(results, tmp_path / "r.png")
     assert png.stat().st_size > 10_000

@@ -131,3 +131,21 @@ def test_unknown_profile_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="job.profile"):
         _config(tmp_path, {"profile": "turbo"})
     assert load_profile("default") == {"flink": {}, "sluice": {}}
+
+
+def test_a_mini_cluster_checkpoints_to_files_unless_told_otherwise(tmp_path: Path) -> None:
+    """A mini-cluster without a checkpoint directory keeps checkpoints in the JobManager's
+    memory (5 MB at most; the dedup state outgrew it in a paced bench and every checkpoint
+    failed), so a job run as a script gets one under the stack's run dir."""
+    from jobs.pipeline import mini_cluster_options
+
+    cfg = _config(tmp_path, {"name": "my-job"})
+    opts = mini_cluster_options(cfg, 8089)
+    assert opts["rest.port"] == "8089" and opts["rest.bind-address"] == "127.0.0.1"
+    uri = opts["execution.checkpointing.dir"]
+    assert uri == (cfg.path(cfg.stack.run_dir) / "checkpoints" / "my-job").resolve().as_uri()
+    assert uri.startswith("file:///")
+    # An explicit directory is the job's own setting (flink_options), not replaced.
+    explicit = _config(tmp_path, {"name": "my-job"}, checkpoint={"dir": "file:///ckpt"})
+    assert "execution.checkpointing.dir" not in mini_cluster_options(explicit)
+    assert flink_options(explicit)["execution.checkpointing.dir"] == "file:///ckpt"
