@@ -49,7 +49,12 @@ def live_job(stack: SluiceConfig, tmp_path_factory: pytest.TempPathFactory):  # 
     tmp = tmp_path_factory.mktemp("report")
     cfg = unique_config(
         stack, "report", job={"startup_mode": "earliest"},
-        generator={"records": 12000, "rate_eps": 200},
+        # 60 s of live input per round (corrupt records included), fed round after round
+        # until the module's tests are done: `sluice report` samples last, and a job whose
+        # input had run out by then (one round) processed nothing in its sample window while
+        # its JVM still burned CPU (the JIT compiler's first minute), so no cost per event
+        # could be measured.
+        generator={"records": 12_000, "rate_eps": 200},
         # Any measured cost is above 0: the cost alert must fire. Lag stays far below.
         report={"alerts_file": str(tmp / "alerts.jsonl"), "cost_per_million_max": 0.0,
                 "lag_records_max": 10**9, "sample_s": 8},
@@ -57,11 +62,21 @@ def live_job(stack: SluiceConfig, tmp_path_factory: pytest.TempPathFactory):  # 
     ensure_topics(cfg)
     cfg_path = write_config(cfg, tmp)
     job = _Job(cfg_path, tmp / "job.log")
+    producer: threading.Thread | None = None
     try:
         jid = job.wait_running()
-        items = plan(cfg, start_ms=0, step_ms=0)
-        producer = threading.Thread(target=produce, args=(cfg, items), kwargs={"live": True},
-                                    daemon=True)
+        stop = threading.Event()
+
+        def feed() -> None:  # in chunks of 2 s, so that the teardown can stop it
+            for r in range(5):  # new event ids each round (the generator's seed)
+                items = plan(cfg.with_overrides(generator={"seed": cfg.generator.seed + r}),
+                             start_ms=0, step_ms=0)
+                for i in range(0, len(items), 400):
+                    if stop.is_set():
+                        return
+                    produce(cfg, items[i:i + 400], live=True)
+
+        producer = threading.Thread(target=feed, daemon=True)
         producer.start()
         # Wait for committed output: the job runs end to end.
         got = read_committed(cfg, [cfg.topics.enriched], until=lambda c: sum(c.values()) >= 200,
@@ -69,6 +84,9 @@ def live_job(stack: SluiceConfig, tmp_path_factory: pytest.TempPathFactory):  # 
         assert sum(len(v) for v in got.values()) >= 200, job.log.read_text()[-3000:]
         yield cfg, cfg_path, job, jid, tmp
     finally:
+        if producer is not None:
+            stop.set()
+            producer.join(30)
         job.kill()
 
 
