@@ -815,20 +815,23 @@ def chart(results: dict, path: Path) -> Path:
     vs = {k: f for k, f in results["variants"].items() if not f.get("paced")}
     paced = {k: f for k, f in results["variants"].items() if f.get("paced")}
     names = list(vs)
-    fig, axes = plt.subplots(1, 3 if paced else 2, figsize=(18 if paced else 12, 4.5))
-    ax1, ax2 = axes[0], axes[1]
-    ax1.barh(names, [vs[k]["events_per_s"] for k in names], color="#4477aa")
-    ax1.set_xscale("log")
-    ax1.set_xlabel("events/s (log)")
-    ax1.set_title("throughput, same input, one run")
-    ax2.barh(names, [vs[k]["events_per_cpu_s"] or 0 for k in names], color="#ee7733")
-    ax2.set_xscale("log")
-    ax2.set_xlabel("events per CPU-second, job processes + broker (log)")
-    ax2.set_title("efficiency")
-    for ax in (ax1, ax2):
-        ax.invert_yaxis()
+    panels = (2 if vs else 0) + (1 if paced else 0)
+    fig, grid = plt.subplots(1, max(panels, 1), figsize=(6 * max(panels, 1), 4.5), squeeze=False)
+    axes = list(grid[0])
+    if vs:
+        ax1, ax2 = axes.pop(0), axes.pop(0)
+        ax1.barh(names, [vs[k]["events_per_s"] for k in names], color="#4477aa")
+        ax1.set_xscale("log")
+        ax1.set_xlabel("events/s (log)")
+        ax1.set_title("throughput, same input, one run")
+        ax2.barh(names, [vs[k]["events_per_cpu_s"] or 0 for k in names], color="#ee7733")
+        ax2.set_xscale("log")
+        ax2.set_xlabel("events per CPU-second, job processes + broker (log)")
+        ax2.set_title("efficiency")
+        for ax in (ax1, ax2):
+            ax.invert_yaxis()
     if paced:
-        ax3 = axes[2]
+        ax3 = axes.pop(0)
         for (k, f), color in zip(paced.items(), ("#aa3377", "#228833", "#4477aa", "#ccbb44"),
                                  strict=False):
             steps = f.get("steps") or [f]
@@ -844,7 +847,7 @@ def chart(results: dict, path: Path) -> Path:
         ax3.set_xlabel("events/s sent (the last point: half of (a)'s drained rate)")
         ax3.set_ylabel("ms, send → visible to read_committed (log)")
         ax3.set_title("profiles at fixed rates")
-        ax3.legend(fontsize=7)
+        ax3.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.suptitle(f"sluice bench: {results['records']} telemetry records")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

@@ -201,3 +201,15 @@ def test_table_and_chart_show_paced_runs_against_their_targets(cfg: SluiceConfig
     assert "rust_thread ÷ (a) = 0.80" in rows["rust_thread"]
     png = chart(results, tmp_path / "r.png")
     assert png.stat().st_size > 10_000
+
+
+def test_a_paced_only_chart_has_only_the_latency_panel(cfg: SluiceConfig, tmp_path: Path) -> None:
+    import matplotlib.image
+
+    paced = {**_run(cfg, "paced_low_latency", [10.0] * 50), "events_per_cpu_s": 1.0}
+    only = chart({"records": 1, "variants": {"paced_low_latency": paced}}, tmp_path / "a.png")
+    both = chart({"records": 1, "variants": {"paced_low_latency": paced,
+                                             "rust_eo": _variant(100.0)}}, tmp_path / "b.png")
+    w_only = matplotlib.image.imread(str(only)).shape[1]
+    w_both = matplotlib.image.imread(str(both)).shape[1]
+    assert w_both == 3 * w_only  # one 6-inch panel, or three
