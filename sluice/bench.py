@@ -246,13 +246,8 @@ def _percentile(xs: Sequence[float], q: float) -> float | None:
 
 
 def _processed_at_avro(cfg: SluiceConfig) -> Callable[[bytes], int]:
-    from sluice.native import AvroDecoder
-    from sluice.registry import output_schema
-
-    enriched = output_schema(cfg, cfg.schemas.enriched)
-    dec = AvroDecoder(enriched.schema_str, "dict")
-    dec.add_writer_schema(enriched.schema_id, enriched.schema_str)
-    return lambda v: int(dec.decode(v)[1]["processed_at"])
+    decode = _decoder_enriched(cfg)
+    return lambda v: decode(v)[2]
 
 
 def _processed_at_json(v: bytes) -> int:
@@ -629,10 +624,10 @@ def run_paced_variant(base: SluiceConfig, p: PacedVariant, tag: str, rate: float
     decode = _decoder_enriched(cfg)
     target = latency_target_ms(cfg)
     seen: set[str] = set()  # distinct event ids out so far (a restart replays records)
-    looked_at = 0  # how many of reader.received are in seen
+    # (received wall ms, event id, ts, processed_at) of reader.received, each decoded once
+    decoded: list[tuple[float, str, int, int]] = []
 
     def wait_for(sender: _Sender, expect: int, limit_s: float, what: str) -> None:
-        nonlocal looked_at
         deadline = time.monotonic() + limit_s
         while True:
             if job.proc.poll() is not None:
@@ -640,9 +635,9 @@ def run_paced_variant(base: SluiceConfig, p: PacedVariant, tag: str, rate: float
             job.poll()
             if sender.error is not None:
                 raise RuntimeError(f"{p.name}: sending failed: {sender.error}") from sender.error
-            new = reader.received[looked_at:]
-            seen.update(decode(value)[0] for _, value in new)
-            looked_at += len(new)
+            new = [(recv, *decode(value)) for recv, value in reader.received[len(decoded):]]
+            decoded.extend(new)
+            seen.update(eid for _, eid, _, _ in new)
             if not sender.is_alive() and len(seen) >= expect:
                 return
             if time.monotonic() > deadline:
@@ -685,7 +680,7 @@ def run_paced_variant(base: SluiceConfig, p: PacedVariant, tag: str, rate: float
         job.kill()
         reader.stop.set()
         reader.join(10)
-    received = [(recv, *decode(val)) for recv, val in reader.received]
+    received = decoded + [(recv, *decode(val)) for recv, val in reader.received[len(decoded):]]
     figs = [paced_figures(p, cfg, r, ids, received) | _cpu_figures(job.sampler, sorted(ids.values()))
             for r, ids in sent]
     head = figs[-1] | {"headline_rate_eps": round(rate, 1)}
